@@ -1,0 +1,319 @@
+//! The task that drives one process: it waits for requests, runs steps and hooks,
+//! publishes every state, and records how the process ended.
+
+use std::any::Any;
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::sync::Mutex;
+use tokio::task::LocalSet;
+
+use crate::interrupt::{interruptible, poll_marked};
+use crate::shared::{End, Shared};
+use crate::{DriveMode, Process, ProcessHandler, State};
+
+/// Spawns `proc` on `local` and returns its handler.
+///
+/// The process is shared with the caller, who can inspect it (for example its
+/// outputs) after the end. The driver holds its lock only while a step or hook
+/// runs; waiting for the lock counts as [`interruptible`].
+///
+/// In [`DriveMode::FireAndForget`] nothing runs before the first nudge; in
+/// [`DriveMode::Step`] each nudge allows one step.
+///
+/// # Panics
+///
+/// If the process's mutex is locked when `spawn` is called: the runtime reads
+/// the process's real state to publish it as the first state.
+pub fn spawn<S, P>(local: &LocalSet, proc: &Rc<Mutex<P>>, drive_mode: DriveMode) -> ProcessHandler<S>
+where
+    S: State,
+    P: Process<S> + 'static,
+{
+    let (shared, done) = {
+        let guard = proc
+            .try_lock()
+            .expect("drover::spawn: the process's mutex is locked; release it before spawning");
+        prepare(&*guard, drive_mode)
+    };
+    local.spawn_local(drive(Borrowed(proc.clone()), shared.clone(), done));
+    ProcessHandler::new(shared)
+}
+
+/// Spawns `proc` on `local`, owned by the runtime: no lock is taken around it.
+/// [`ProcessHandler::join`] hands the process back at the end, with its state
+/// and outputs.
+///
+/// Otherwise as [`spawn`].
+pub fn spawn_owned<S, P>(local: &LocalSet, proc: P, drive_mode: DriveMode) -> ProcessHandler<S, P>
+where
+    S: State,
+    P: Process<S> + 'static,
+{
+    let (shared, done) = prepare(&proc, drive_mode);
+    local.spawn_local(drive(Owned(proc), shared.clone(), done));
+    ProcessHandler::new(shared)
+}
+
+/// Makes the control block for a process about to be spawned, with its real
+/// state as the first one published.
+pub(crate) fn prepare<S: State, O, P: Process<S>>(proc: &P, mode: DriveMode) -> (Arc<Shared<S, O>>, bool) {
+    let done = proc.is_done();
+    let paused = proc.is_paused() && !done;
+    (Arc::new(Shared::new(mode, proc.state().clone(), paused)), done)
+}
+
+/// One call into the process.
+#[derive(Clone, Copy)]
+pub(crate) enum Op {
+    Advance,
+    Pause,
+    Resume,
+    Kill,
+}
+
+/// What the driver learns from the process after each call.
+pub(crate) struct Snapshot<S> {
+    state: S,
+    done: bool,
+    paused: bool,
+}
+
+async fn apply<S: State, P: Process<S>>(proc: &mut P, op: Op) -> Snapshot<S> {
+    match op {
+        Op::Advance => proc.advance().await,
+        Op::Pause => proc.pause().await,
+        Op::Resume => proc.resume().await,
+        Op::Kill => proc.kill().await,
+    }
+    Snapshot {
+        state: proc.state().clone(),
+        done: proc.is_done(),
+        paused: proc.is_paused(),
+    }
+}
+
+/// Where the driver finds its process.
+pub(crate) trait Host<S: State> {
+    /// What the handler's `join` hands back.
+    type Output;
+    fn apply(&mut self, op: Op) -> impl Future<Output = Snapshot<S>>;
+    fn finish(self) -> Self::Output;
+}
+
+/// A process shared with the caller as `Rc<Mutex<P>>`.
+pub(crate) struct Borrowed<P>(Rc<Mutex<P>>);
+
+impl<S: State, P: Process<S>> Host<S> for Borrowed<P> {
+    type Output = ();
+
+    async fn apply(&mut self, op: Op) -> Snapshot<S> {
+        let mut proc = interruptible(self.0.lock()).await;
+        apply(&mut *proc, op).await
+    }
+
+    fn finish(self) {}
+}
+
+/// A process the runtime owns.
+pub(crate) struct Owned<P>(pub(crate) P);
+
+impl<S: State, P: Process<S>> Host<S> for Owned<P> {
+    type Output = P;
+
+    fn apply(&mut self, op: Op) -> impl Future<Output = Snapshot<S>> {
+        apply(&mut self.0, op)
+    }
+
+    fn finish(self) -> P {
+        self.0
+    }
+}
+
+/// A host whose output is dropped at the end, for processes whose output
+/// cannot leave their thread.
+pub(crate) struct Detached<H>(pub(crate) H);
+
+impl<S: State, H: Host<S>> Host<S> for Detached<H> {
+    type Output = ();
+
+    fn apply(&mut self, op: Op) -> impl Future<Output = Snapshot<S>> {
+        self.0.apply(op)
+    }
+
+    fn finish(self) {}
+}
+
+/// Closes the control block as aborted if the driver is dropped before it ends.
+struct AbortGuard<'a, S: Clone, O>(&'a Shared<S, O>);
+
+impl<S: Clone, O> Drop for AbortGuard<'_, S, O> {
+    fn drop(&mut self) {
+        self.0.close(End::Aborted, None);
+    }
+}
+
+/// The driver task of one process.
+pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, shared: Arc<Shared<S, H::Output>>, done: bool) {
+    let _abort = AbortGuard(&shared);
+    let end = run(&mut host, &shared, done)
+        .await
+        .unwrap_or_else(End::Panicked);
+    let output = matches!(end, End::Done | End::Killed).then(|| host.finish());
+    shared.close(end, output);
+}
+
+/// What the driver does next.
+enum Action {
+    Advance,
+    Pause,
+    Resume,
+    Kill,
+}
+
+/// Drives the process to its end. `Err` carries a panic's message.
+async fn run<S: State, H: Host<S>>(host: &mut H, shared: &Shared<S, H::Output>, mut done: bool) -> Result<End, String> {
+    let mut credit = false;
+    loop {
+        if done {
+            return Ok(End::Done);
+        }
+        match next_action(shared, &mut credit).await {
+            Action::Kill => {
+                let snap = caught(host.apply(Op::Kill)).await?;
+                Shared::publish(&mut shared.lock(), snap.state);
+                return Ok(End::Killed);
+            }
+            Action::Pause => {
+                let snap = caught(host.apply(Op::Pause)).await?;
+                done = snap.done;
+                let mut ctl = shared.lock();
+                Shared::publish(&mut ctl, snap.state);
+                ctl.paused = true;
+                ctl.pauses += 1;
+                shared.notify(ctl);
+            }
+            Action::Resume => {
+                let snap = caught(host.apply(Op::Resume)).await?;
+                done = snap.done;
+                let mut ctl = shared.lock();
+                Shared::publish(&mut ctl, snap.state);
+                if snap.paused && !done {
+                    // The process still says it is paused: it stays paused.
+                    ctl.want_paused = true;
+                } else {
+                    ctl.paused = false;
+                }
+                shared.notify(ctl);
+            }
+            Action::Advance => {
+                let Some(snap) = advance(host, shared).await? else {
+                    // Interrupted: a kill or pause is pending; the step keeps its nudge.
+                    continue;
+                };
+                credit = false;
+                done = snap.done;
+                let mut ctl = shared.lock();
+                Shared::publish(&mut ctl, snap.state);
+                if snap.paused && !done {
+                    // The process paused itself: no hook, a resume continues it.
+                    ctl.paused = true;
+                    ctl.want_paused = true;
+                    ctl.pauses += 1;
+                    shared.notify(ctl);
+                }
+            }
+        }
+    }
+}
+
+/// Waits for something to do. Takes a pending nudge when it is the next thing.
+async fn next_action<S: Clone, O>(shared: &Shared<S, O>, credit: &mut bool) -> Action {
+    poll_fn(|cx| {
+        let mut ctl = shared.lock();
+        if ctl.kill {
+            return Poll::Ready(Action::Kill);
+        }
+        if ctl.want_paused != ctl.paused {
+            return Poll::Ready(if ctl.want_paused { Action::Pause } else { Action::Resume });
+        }
+        if !ctl.paused {
+            let ready = match shared.mode {
+                DriveMode::FireAndForget => ctl.launched,
+                DriveMode::Step => *credit,
+            };
+            if ready {
+                return Poll::Ready(Action::Advance);
+            }
+            if ctl.nudge {
+                ctl.nudge = false;
+                match shared.mode {
+                    DriveMode::FireAndForget => ctl.launched = true,
+                    DriveMode::Step => *credit = true,
+                }
+                shared.notify(ctl);
+                return Poll::Ready(Action::Advance);
+            }
+        }
+        Shared::register(&mut ctl, cx);
+        Poll::Pending
+    })
+    .await
+}
+
+/// Runs one step, racing it against kill and pause requests. `Ok(None)` means
+/// the step was interrupted and its future dropped.
+async fn advance<S: State, H: Host<S>>(host: &mut H, shared: &Shared<S, H::Output>) -> Result<Option<Snapshot<S>>, String> {
+    let mut step = pin!(host.apply(Op::Advance));
+    // The first poll follows `next_action`, which has just checked for requests.
+    let mut checked = true;
+    let mut waiting = false;
+    poll_fn(|cx| {
+        if !checked {
+            let ctl = shared.lock();
+            if ctl.kill || (waiting && ctl.want_paused && !ctl.paused) {
+                return Poll::Ready(Ok(None));
+            }
+        }
+        checked = false;
+        let (poll, parked) = poll_marked(|| catch_unwind(AssertUnwindSafe(|| step.as_mut().poll(cx))));
+        waiting = parked;
+        match poll {
+            Err(payload) => Poll::Ready(Err(panic_message(payload))),
+            Ok(Poll::Ready(snap)) => Poll::Ready(Ok(Some(snap))),
+            Ok(Poll::Pending) => {
+                let mut ctl = shared.lock();
+                if ctl.kill || (waiting && ctl.want_paused && !ctl.paused) {
+                    return Poll::Ready(Ok(None));
+                }
+                Shared::register(&mut ctl, cx);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Awaits `future`, turning a panic inside it into `Err` with its message.
+async fn caught<F: Future>(future: F) -> Result<F::Output, String> {
+    let mut future = pin!(future);
+    poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        Ok(poll) => poll.map(Ok),
+        Err(payload) => Poll::Ready(Err(panic_message(payload))),
+    })
+    .await
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(msg) => *msg,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(msg) => (*msg).to_owned(),
+            Err(_) => "a panic with a payload that is not a string".to_owned(),
+        },
+    }
+}

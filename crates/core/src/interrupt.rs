@@ -1,0 +1,53 @@
+//! Marking the awaits inside a step where a pause may interrupt it.
+
+use std::cell::Cell;
+use std::future::Future;
+
+thread_local! {
+    /// Set when the step being polled is parked inside [`interruptible`].
+    static WAITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks `future` as a pure wait (for a job, a pod, a child process, a timer)
+/// that a pause may interrupt.
+///
+/// While a step of a process is parked inside `interruptible`, a pause request
+/// takes effect at once: the runtime drops the step's future, runs the process's
+/// [`pause`](crate::Process::pause) hook, and runs the step again from its start
+/// after the resume. Elsewhere a pause waits for the step to finish. A kill
+/// interrupts a step wherever it is parked.
+///
+/// Outside a process's step this only awaits `future`.
+///
+/// # Cancel safety
+///
+/// As cancel safe as `future`: only wrap awaits whose interruption loses nothing
+/// that the step cannot redo.
+///
+/// ```
+/// # async fn wait_for_job() {}
+/// async fn step() {
+///     // ... submit the job (not interruptible by a pause) ...
+///     drover_core::interruptible(wait_for_job()).await;
+/// }
+/// ```
+pub async fn interruptible<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() {
+            WAITING.with(|w| w.set(true));
+        }
+        poll
+    })
+    .await
+}
+
+/// Runs `poll` with the waiting mark cleared, and reports whether the polled
+/// future ended parked inside [`interruptible`].
+pub(crate) fn poll_marked<T>(poll: impl FnOnce() -> T) -> (T, bool) {
+    let outer = WAITING.with(|w| w.replace(false));
+    let out = poll();
+    let waiting = WAITING.with(|w| w.replace(outer));
+    (out, waiting)
+}

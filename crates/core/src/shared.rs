@@ -1,0 +1,213 @@
+//! The control block shared by a process's driver task and its handler.
+//!
+//! Handlers write requests (nudge, pause, resume, kill) into [`Ctl`] and wake the
+//! driver; the driver acts on them at safe points and records what took effect.
+//! The block is the only thing shared between threads: the process itself stays
+//! on its driver's thread.
+
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Waker};
+
+use tokio::sync::{Notify, watch};
+
+use crate::{DriveMode, Error};
+
+/// How a process ended.
+#[derive(Clone, Debug)]
+pub(crate) enum End {
+    /// It reached a terminal state by advancing.
+    Done,
+    /// A kill took effect.
+    Killed,
+    /// It panicked.
+    Panicked(String),
+    /// Its driver was dropped before it ended.
+    Aborted,
+}
+
+impl End {
+    /// The error a control call reports once the process has ended this way.
+    pub(crate) fn error(&self) -> Error {
+        match self {
+            End::Done | End::Killed => Error::Finished,
+            End::Panicked(msg) => Error::Panicked(msg.clone()),
+            End::Aborted => Error::Aborted,
+        }
+    }
+}
+
+/// The latest published state. A `watch` channel costs a few hundred bytes and
+/// a wake-up sweep per change, so it is made only when someone subscribes.
+pub(crate) enum Slot<S> {
+    Plain(S),
+    Watched(watch::Sender<S>),
+}
+
+pub(crate) struct Ctl<S, O> {
+    pub(crate) slot: Slot<S>,
+    /// A nudge is pending: sent, not yet taken by the driver.
+    pub(crate) nudge: bool,
+    /// `FireAndForget` only: the first nudge was taken.
+    pub(crate) launched: bool,
+    /// What handlers asked for: paused or not.
+    pub(crate) want_paused: bool,
+    /// What took effect: the process is paused.
+    pub(crate) paused: bool,
+    /// A kill was requested.
+    pub(crate) kill: bool,
+    /// How many times the process entered the paused phase.
+    pub(crate) pauses: u64,
+    /// Set once, when the driver ends.
+    pub(crate) end: Option<End>,
+    /// What the driver hands back at the end, taken by `join`.
+    pub(crate) output: Option<O>,
+    /// The driver's waker while it waits for a request.
+    pub(crate) driver: Option<Waker>,
+    /// Handler calls waiting on `Shared::changed`.
+    pub(crate) waiters: u32,
+}
+
+pub(crate) struct Shared<S, O> {
+    pub(crate) mode: DriveMode,
+    ctl: Mutex<Ctl<S, O>>,
+    /// Wakes handler calls that wait for an effect (nudge taken, paused, ended).
+    changed: Notify,
+}
+
+impl<S: Clone, O> Shared<S, O> {
+    pub(crate) fn new(mode: DriveMode, state: S, paused: bool) -> Self {
+        Shared {
+            mode,
+            ctl: Mutex::new(Ctl {
+                slot: Slot::Plain(state),
+                nudge: false,
+                launched: false,
+                want_paused: paused,
+                paused,
+                kill: false,
+                pauses: 0,
+                end: None,
+                output: None,
+                driver: None,
+                waiters: 0,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Locks the control block. No user code runs under this lock, so a panic
+    /// cannot poison it; if one did, the data is still consistent.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Ctl<S, O>> {
+        self.ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Releases `ctl` and wakes the handler calls waiting for an effect.
+    pub(crate) fn notify(&self, ctl: MutexGuard<'_, Ctl<S, O>>) {
+        let any = ctl.waiters > 0;
+        drop(ctl);
+        if any {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Releases `ctl` and wakes the driver.
+    pub(crate) fn wake_driver(&self, mut ctl: MutexGuard<'_, Ctl<S, O>>) {
+        let waker = ctl.driver.take();
+        drop(ctl);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Waits until `check` returns `Some`, re-checking after every change the
+    /// driver (or another handler call) announces.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future leaves no registration behind.
+    pub(crate) async fn wait_for<R>(&self, mut check: impl FnMut(&mut Ctl<S, O>) -> Option<R>) -> R {
+        loop {
+            let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut ctl = self.lock();
+                if let Some(r) = check(&mut ctl) {
+                    return r;
+                }
+                ctl.waiters += 1;
+            }
+            let _waiting = Waiting(self);
+            notified.await;
+        }
+    }
+
+    /// Publishes a new state.
+    pub(crate) fn publish(ctl: &mut Ctl<S, O>, state: S) {
+        match &mut ctl.slot {
+            Slot::Plain(current) => *current = state,
+            Slot::Watched(tx) => {
+                tx.send_replace(state);
+            }
+        }
+    }
+
+    /// The latest published state.
+    pub(crate) fn state(&self) -> S {
+        match &self.lock().slot {
+            Slot::Plain(state) => state.clone(),
+            Slot::Watched(tx) => tx.borrow().clone(),
+        }
+    }
+
+    /// A receiver of every state published from now on. After the end, the
+    /// receiver holds the final state and its sender is gone.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<S> {
+        let mut ctl = self.lock();
+        match &ctl.slot {
+            Slot::Watched(tx) => tx.subscribe(),
+            Slot::Plain(state) => {
+                let (tx, rx) = watch::channel(state.clone());
+                if ctl.end.is_none() {
+                    ctl.slot = Slot::Watched(tx);
+                }
+                rx
+            }
+        }
+    }
+
+    /// Records how the driver ended and closes the state channel, so that
+    /// watchers see the end.
+    pub(crate) fn close(&self, end: End, output: Option<O>) {
+        let mut ctl = self.lock();
+        if ctl.end.is_some() {
+            return;
+        }
+        ctl.end = Some(end);
+        ctl.output = output;
+        ctl.driver = None;
+        if let Slot::Watched(tx) = &ctl.slot {
+            let last = tx.borrow().clone();
+            // Dropping the sender tells every receiver that no state follows.
+            ctl.slot = Slot::Plain(last);
+        }
+        self.notify(ctl);
+    }
+
+    /// Registers the driver's waker, unless the same one is registered already.
+    pub(crate) fn register(ctl: &mut Ctl<S, O>, cx: &Context<'_>) {
+        match &ctl.driver {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => ctl.driver = Some(cx.waker().clone()),
+        }
+    }
+}
+
+/// Counts a handler call as waiting while it awaits `Shared::changed`.
+struct Waiting<'a, S: Clone, O>(&'a Shared<S, O>);
+
+impl<S: Clone, O> Drop for Waiting<'_, S, O> {
+    fn drop(&mut self) {
+        self.0.lock().waiters -= 1;
+    }
+}
