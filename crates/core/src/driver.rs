@@ -35,12 +35,10 @@ where
     P: Process<S> + 'static,
 {
     let (shared, done) = {
-        let guard = proc
-            .try_lock()
-            .expect("drover::spawn: the process's mutex is locked; release it before spawning");
+        let guard = proc.try_lock().expect("drover::spawn: the process's mutex is locked; release it before spawning");
         prepare(&*guard, drive_mode)
     };
-    local.spawn_local(drive(Borrowed(proc.clone()), shared.clone(), done));
+    local.spawn_local(drive(Borrowed(proc.clone()), AbortGuard(shared.clone()), done));
     ProcessHandler::new(shared)
 }
 
@@ -55,7 +53,7 @@ where
     P: Process<S> + 'static,
 {
     let (shared, done) = prepare(&proc, drive_mode);
-    local.spawn_local(drive(Owned(proc), shared.clone(), done));
+    local.spawn_local(drive(Owned(proc), AbortGuard(shared.clone()), done));
     ProcessHandler::new(shared)
 }
 
@@ -90,11 +88,7 @@ async fn apply<S: State, P: Process<S>>(proc: &mut P, op: Op) -> Snapshot<S> {
         Op::Resume => proc.resume().await,
         Op::Kill => proc.kill().await,
     }
-    Snapshot {
-        state: proc.state().clone(),
-        done: proc.is_done(),
-        paused: proc.is_paused(),
-    }
+    Snapshot { state: proc.state().clone(), done: proc.is_done(), paused: proc.is_paused() }
 }
 
 /// Where the driver finds its process.
@@ -148,21 +142,24 @@ impl<S: State, H: Host<S>> Host<S> for Detached<H> {
     fn finish(self) {}
 }
 
-/// Closes the control block as aborted if the driver is dropped before it ends.
-struct AbortGuard<'a, S: Clone, O>(&'a Shared<S, O>);
+/// A process's claim on its control block, held from the moment it is spawned:
+/// if it is dropped before the process ends (even before the driver's first
+/// poll, or with a job that never reached its worker), it closes the block as
+/// aborted, so that no handler waits forever.
+pub(crate) struct AbortGuard<S: Clone, O>(pub(crate) Arc<Shared<S, O>>);
 
-impl<S: Clone, O> Drop for AbortGuard<'_, S, O> {
+impl<S: Clone, O> Drop for AbortGuard<S, O> {
     fn drop(&mut self) {
         self.0.close(End::Aborted, None);
     }
 }
 
-/// The driver task of one process.
-pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, shared: Arc<Shared<S, H::Output>>, done: bool) {
-    let _abort = AbortGuard(&shared);
-    let end = run(&mut host, &shared, done)
-        .await
-        .unwrap_or_else(End::Panicked);
+/// The driver task of one process. Its arguments, the guard among them, are
+/// moved into the future at the call, so dropping the future unpolled still
+/// closes the process.
+pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, guard: AbortGuard<S, H::Output>, done: bool) {
+    let shared = &guard.0;
+    let end = run(&mut host, shared, done).await.unwrap_or_else(End::Panicked);
     let output = matches!(end, End::Done | End::Killed).then(|| host.finish());
     shared.close(end, output);
 }
@@ -267,7 +264,10 @@ async fn next_action<S: Clone, O>(shared: &Shared<S, O>, credit: &mut bool) -> A
 
 /// Runs one step, racing it against kill and pause requests. `Ok(None)` means
 /// the step was interrupted and its future dropped.
-async fn advance<S: State, H: Host<S>>(host: &mut H, shared: &Shared<S, H::Output>) -> Result<Option<Snapshot<S>>, String> {
+async fn advance<S: State, H: Host<S>>(
+    host: &mut H,
+    shared: &Shared<S, H::Output>,
+) -> Result<Option<Snapshot<S>>, String> {
     let mut step = pin!(host.apply(Op::Advance));
     // The first poll follows `next_action`, which has just checked for requests.
     let mut checked = true;

@@ -11,8 +11,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
-use crate::driver::{Detached, Owned, drive, prepare};
-use crate::shared::End;
+use crate::driver::{AbortGuard, Detached, Owned, drive, prepare};
 use crate::{DriveMode, Error, Process, ProcessHandler, State};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -116,18 +115,17 @@ impl Pool {
         P: Process<S> + Send + 'static,
     {
         let (shared, done) = prepare(&proc, drive_mode);
-        let driven = shared.clone();
+        let guard = AbortGuard(shared.clone());
         let worker = self.pick();
         let live = Live::new(&worker.live);
-        let sent = worker.send(Box::new(move || {
+        // If the job is dropped unrun, the guard closes the process as aborted.
+        worker.send(Box::new(move || {
+            let driver = drive(Owned(proc), guard, done);
             tokio::task::spawn_local(async move {
                 let _live = live;
-                drive(Owned(proc), driven, done).await;
+                driver.await;
             });
         }));
-        if !sent {
-            shared.close(End::Aborted, None);
-        }
         ProcessHandler::new(shared)
     }
 
@@ -161,10 +159,11 @@ impl Pool {
                 }
             };
             let (shared, done) = prepare(&proc, drive_mode);
-            let _ = tx.send(Ok(ProcessHandler::new(shared.clone())));
+            let driver = drive(Detached(Owned(proc)), AbortGuard(shared.clone()), done);
+            let _ = tx.send(Ok(ProcessHandler::new(shared)));
             tokio::task::spawn_local(async move {
                 let _live = live;
-                drive(Detached(Owned(proc)), shared, done).await;
+                driver.await;
             });
         }));
         if !sent {
@@ -210,6 +209,7 @@ impl Drop for Pool {
 }
 
 impl Worker {
+    /// Sends `job` to the worker; if the worker has stopped, the job is dropped.
     fn send(&self, job: Job) -> bool {
         self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok())
     }
