@@ -7,7 +7,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::sync::Mutex;
 use tokio::task::LocalSet;
@@ -106,7 +107,10 @@ impl<S: State, P: Process<S>> Host<S> for Borrowed<P> {
     type Output = ();
 
     async fn apply(&mut self, op: Op) -> Snapshot<S> {
-        let mut proc = interruptible(self.0.lock()).await;
+        let mut proc = match self.0.try_lock() {
+            Ok(proc) => proc,
+            Err(_) => interruptible(self.0.lock()).await,
+        };
         apply(&mut *proc, op).await
     }
 
@@ -298,14 +302,28 @@ async fn advance<S: State, H: Host<S>>(
     .await
 }
 
-/// Awaits `future`, turning a panic inside it into `Err` with its message.
-async fn caught<F: Future>(future: F) -> Result<F::Output, String> {
-    let mut future = pin!(future);
-    poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-        Ok(poll) => poll.map(Ok),
-        Err(payload) => Poll::Ready(Err(panic_message(payload))),
-    })
-    .await
+pin_project_lite::pin_project! {
+    /// Awaits a future, turning a panic inside it into `Err` with its message.
+    struct Caught<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Caught<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => Poll::Ready(Err(panic_message(payload))),
+        }
+    }
+}
+
+fn caught<F: Future>(future: F) -> Caught<F> {
+    Caught { future }
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -317,3 +335,4 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         },
     }
 }
+

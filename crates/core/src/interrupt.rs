@@ -2,6 +2,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 thread_local! {
     /// Set when the step being polled is parked inside [`interruptible`].
@@ -31,16 +33,30 @@ thread_local! {
 ///     drover_core::interruptible(wait_for_job()).await;
 /// }
 /// ```
-pub async fn interruptible<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        let poll = future.as_mut().poll(cx);
+pub fn interruptible<F: Future>(future: F) -> Interruptible<F> {
+    Interruptible { future }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`interruptible`].
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Interruptible<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Interruptible<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let poll = self.project().future.poll(cx);
         if poll.is_pending() {
             WAITING.with(|w| w.set(true));
         }
         poll
-    })
-    .await
+    }
 }
 
 /// Runs `poll` with the waiting mark cleared, and reports whether the polled

@@ -71,6 +71,6 @@ mod shared;
 pub use driver::{spawn, spawn_owned};
 pub use error::Error;
 pub use handler::ProcessHandler;
-pub use interrupt::interruptible;
+pub use interrupt::{Interruptible, interruptible};
 pub use pool::Pool;
 pub use process::{DriveMode, Process, State};

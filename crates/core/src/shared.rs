@@ -126,6 +126,10 @@ impl<S: Clone, O> Shared<S, O> {
     ///
     /// Cancel safe: dropping the future leaves no registration behind.
     pub(crate) async fn wait_for<R>(&self, mut check: impl FnMut(&mut Ctl<S, O>) -> Option<R>) -> R {
+        // Fast path: no registration when the answer is already there.
+        if let Some(r) = check(&mut self.lock()) {
+            return r;
+        }
         loop {
             let notified = self.changed.notified();
             let mut notified = std::pin::pin!(notified);
