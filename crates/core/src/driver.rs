@@ -4,10 +4,10 @@
 use std::any::Any;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::sync::Mutex;
@@ -109,7 +109,9 @@ impl<S: State, P: Process<S>> Host<S> for Borrowed<P> {
     async fn apply(&mut self, op: Op) -> Snapshot<S> {
         let mut proc = match self.0.try_lock() {
             Ok(proc) => proc,
-            Err(_) => interruptible(self.0.lock()).await,
+            // Rare: the caller holds the lock. The lock future is boxed so that its
+            // 120 bytes do not sit in every driver's frame.
+            Err(_) => interruptible(Box::pin(self.0.lock())).await,
         };
         apply(&mut *proc, op).await
     }
@@ -154,7 +156,7 @@ pub(crate) struct AbortGuard<S: Clone, O>(pub(crate) Arc<Shared<S, O>>);
 
 impl<S: Clone, O> Drop for AbortGuard<S, O> {
     fn drop(&mut self) {
-        self.0.close(End::Aborted, None);
+        self.0.close(End::Aborted, None, None);
     }
 }
 
@@ -163,9 +165,12 @@ impl<S: Clone, O> Drop for AbortGuard<S, O> {
 /// closes the process.
 pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, guard: AbortGuard<S, H::Output>, done: bool) {
     let shared = &guard.0;
-    let end = run(&mut host, shared, done).await.unwrap_or_else(End::Panicked);
+    let (end, last) = match run(&mut host, shared, done).await {
+        Ok(ended) => ended,
+        Err(panic) => (End::Panicked(panic), None),
+    };
     let output = matches!(end, End::Done | End::Killed).then(|| host.finish());
-    shared.close(end, output);
+    shared.close(end, output, last);
 }
 
 /// What the driver does next.
@@ -176,58 +181,69 @@ enum Action {
     Kill,
 }
 
-/// Drives the process to its end. `Err` carries a panic's message.
-async fn run<S: State, H: Host<S>>(host: &mut H, shared: &Shared<S, H::Output>, mut done: bool) -> Result<End, String> {
+/// Drives the process to its end, and returns how it ended with its final
+/// state, which `close` publishes. `Err` carries a panic's message.
+async fn run<S: State, H: Host<S>>(
+    host: &mut H,
+    shared: &Shared<S, H::Output>,
+    done: bool,
+) -> Result<(End, Option<S>), String> {
+    if done {
+        return Ok((End::Done, None));
+    }
     let mut credit = false;
     loop {
-        if done {
-            return Ok(End::Done);
-        }
-        match next_action(shared, &mut credit).await {
+        let snap = match next_action(shared, &mut credit).await {
             Action::Kill => {
                 let snap = caught(host.apply(Op::Kill)).await?;
-                Shared::publish(&mut shared.lock(), snap.state);
-                return Ok(End::Killed);
+                return Ok((End::Killed, Some(snap.state)));
             }
             Action::Pause => {
                 let snap = caught(host.apply(Op::Pause)).await?;
-                done = snap.done;
+                if snap.done {
+                    return Ok((End::Done, Some(snap.state)));
+                }
                 let mut ctl = shared.lock();
                 Shared::publish(&mut ctl, snap.state);
                 ctl.paused = true;
                 ctl.pauses += 1;
                 shared.notify(ctl);
+                continue;
             }
             Action::Resume => {
                 let snap = caught(host.apply(Op::Resume)).await?;
-                done = snap.done;
+                if snap.done {
+                    return Ok((End::Done, Some(snap.state)));
+                }
                 let mut ctl = shared.lock();
                 Shared::publish(&mut ctl, snap.state);
-                if snap.paused && !done {
+                if snap.paused {
                     // The process still says it is paused: it stays paused.
                     ctl.want_paused = true;
                 } else {
                     ctl.paused = false;
                 }
                 shared.notify(ctl);
+                continue;
             }
-            Action::Advance => {
-                let Some(snap) = advance(host, shared).await? else {
-                    // Interrupted: a kill or pause is pending; the step keeps its nudge.
-                    continue;
-                };
-                credit = false;
-                done = snap.done;
-                let mut ctl = shared.lock();
-                Shared::publish(&mut ctl, snap.state);
-                if snap.paused && !done {
-                    // The process paused itself: no hook, a resume continues it.
-                    ctl.paused = true;
-                    ctl.want_paused = true;
-                    ctl.pauses += 1;
-                    shared.notify(ctl);
-                }
-            }
+            Action::Advance => match advance(host, shared).await? {
+                Some(snap) => snap,
+                // Interrupted: a kill or pause is pending; the step keeps its nudge.
+                None => continue,
+            },
+        };
+        credit = false;
+        if snap.done {
+            return Ok((End::Done, Some(snap.state)));
+        }
+        let mut ctl = shared.lock();
+        Shared::publish(&mut ctl, snap.state);
+        if snap.paused {
+            // The process paused itself: no hook, a resume continues it.
+            ctl.paused = true;
+            ctl.want_paused = true;
+            ctl.pauses += 1;
+            shared.notify(ctl);
         }
     }
 }
@@ -335,4 +351,3 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         },
     }
 }
-

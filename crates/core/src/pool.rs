@@ -102,7 +102,8 @@ impl Pool {
         self.workers.len()
     }
 
-    /// How many processes are placed and not yet ended.
+    /// How many processes are placed and whose driver task has not yet returned
+    /// (it returns just after the process ends).
     pub fn live(&self) -> usize {
         self.workers.iter().map(|w| w.live.load(Ordering::Relaxed)).sum()
     }

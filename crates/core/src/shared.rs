@@ -180,9 +180,9 @@ impl<S: Clone, O> Shared<S, O> {
         }
     }
 
-    /// Records how the driver ended and closes the state channel, so that
-    /// watchers see the end.
-    pub(crate) fn close(&self, end: End, output: Option<O>) {
+    /// Publishes the final state (if there is a new one), records how the
+    /// driver ended, and closes the state channel, so that watchers see the end.
+    pub(crate) fn close(&self, end: End, output: Option<O>, last: Option<S>) {
         let mut ctl = self.lock();
         if ctl.end.is_some() {
             return;
@@ -190,9 +190,17 @@ impl<S: Clone, O> Shared<S, O> {
         ctl.end = Some(end);
         ctl.output = output;
         ctl.driver = None;
-        if let Slot::Watched(tx) = &ctl.slot {
-            let last = tx.borrow().clone();
-            // Dropping the sender tells every receiver that no state follows.
+        let last = match (&ctl.slot, last) {
+            (Slot::Plain(_), None) => None,
+            (Slot::Plain(_), Some(last)) => Some(last),
+            (Slot::Watched(tx), Some(last)) => {
+                tx.send_replace(last.clone());
+                Some(last)
+            }
+            (Slot::Watched(tx), None) => Some(tx.borrow().clone()),
+        };
+        if let Some(last) = last {
+            // Dropping a sender tells every receiver that no state follows.
             ctl.slot = Slot::Plain(last);
         }
         self.notify(ctl);
