@@ -9,3 +9,8 @@
 //! ```
 
 pub use drover_core::{DriveMode, Error, Pool, Process, ProcessHandler, State, interruptible, spawn, spawn_owned};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
