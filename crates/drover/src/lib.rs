@@ -8,7 +8,13 @@
 //! use drover::{spawn, DriveMode, Process, ProcessHandler, State};
 //! ```
 
-pub use drover_core::{DriveMode, Error, Pool, Process, ProcessHandler, State, interruptible, spawn, spawn_owned};
+pub use drover_core::{
+    DriveMode, Error, Interruptible, Pool, Process, ProcessHandler, State, interruptible, spawn, spawn_owned,
+};
+
+/// Local shell processes under a governor (feature `shell`, on by default).
+#[cfg(feature = "shell")]
+pub use drover_shell as shell;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -1,0 +1,240 @@
+//! The one place that starts external commands (clippy's `disallowed-methods`
+//! keeps the rest of the workspace on it): checks the spec, resolves the
+//! program, opens the streams, and starts the child in its own process group.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+
+use crate::spec::{Input, Output, ShellSpec};
+
+/// Why a child could not be started. The message names the problem and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The working directory does not exist or is not a directory.
+    #[error("working directory `{path}` {problem}")]
+    Cwd {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The program was not found.
+    #[error("program `{program}` not found{where_}")]
+    NotFound {
+        /// The program as given.
+        program: String,
+        /// Where it was looked for.
+        where_: String,
+    },
+    /// The program exists but cannot be executed.
+    #[error("program `{}` is not executable: {problem}", path.display())]
+    NotExecutable {
+        /// The resolved path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A standard stream's file could not be opened.
+    #[error("cannot open {stream} file `{}`: {source}", path.display())]
+    Stream {
+        /// `standard input`, `standard output` or `standard error`.
+        stream: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `fork`/`exec` failed.
+    #[error("cannot start `{}`: {source}", path.display())]
+    Spawn {
+        /// The resolved program.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A started child, the leader of its own process group.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+}
+
+/// Starts the child described by `spec`.
+pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
+    if let Some(cwd) = &spec.cwd {
+        match std::fs::metadata(cwd) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(StartError::Cwd { path: cwd.clone(), problem: "is not a directory" }),
+            Err(_) => return Err(StartError::Cwd { path: cwd.clone(), problem: "does not exist" }),
+        }
+    }
+    let program = resolve(spec)?;
+    let stdin = match &spec.stdin {
+        Input::Null => Stdio::null(),
+        Input::Bytes(_) => Stdio::piped(),
+        Input::File(path) => Stdio::from(File::open(in_cwd(spec, path)).map_err(|source| StartError::Stream {
+            stream: "standard input",
+            path: path.clone(),
+            source,
+        })?),
+    };
+    let stdout = open_output(spec, &spec.stdout, "standard output")?;
+    let stderr = open_output(spec, &spec.stderr, "standard error")?;
+
+    #[allow(clippy::disallowed_methods)] // this is the wrapper
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.args).stdin(stdin).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(true);
+    if spec.env.clear {
+        cmd.env_clear();
+    }
+    for key in &spec.env.remove {
+        cmd.env_remove(key);
+    }
+    cmd.envs(&spec.env.set);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    if spec.limits.any() {
+        let limits = spec.limits;
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // `setrlimit`, which is async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                use nix::sys::resource::{Resource, setrlimit};
+                if let Some(secs) = limits.cpu_seconds {
+                    setrlimit(Resource::RLIMIT_CPU, secs, secs).map_err(io::Error::from)?;
+                }
+                if let Some(bytes) = limits.address_space {
+                    setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|source| match source.raw_os_error() {
+        Some(e) if e == nix::errno::Errno::ENOEXEC as i32 => {
+            StartError::NotExecutable { path: program.clone(), problem: "exec format error".to_owned() }
+        }
+        Some(e) if e == nix::errno::Errno::EACCES as i32 => {
+            StartError::NotExecutable { path: program.clone(), problem: "permission denied".to_owned() }
+        }
+        _ => StartError::Spawn { path: program.clone(), source },
+    })?;
+    let pid = child.id().expect("a child that was just started has a pid");
+    if let Input::Bytes(bytes) = &spec.stdin {
+        if let Some(mut pipe) = child.stdin.take() {
+            let bytes = bytes.clone();
+            // The child may exit without reading: a broken pipe is not an error.
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&bytes).await;
+            });
+        }
+    }
+    Ok(Started { child, pid })
+}
+
+/// Sends `signal` to the process group `pgid`. Returns whether any process
+/// received it.
+pub(crate) fn signal_group(pgid: u32, signal: Signal) -> bool {
+    match i32::try_from(pgid) {
+        Ok(pgid) if pgid > 1 => killpg(Pid::from_raw(pgid), signal).is_ok(),
+        _ => false,
+    }
+}
+
+fn in_cwd(spec: &ShellSpec, path: &Path) -> PathBuf {
+    match &spec.cwd {
+        Some(cwd) if path.is_relative() => cwd.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+fn open_output(spec: &ShellSpec, output: &Output, stream: &'static str) -> Result<Stdio, StartError> {
+    let (path, append) = match output {
+        Output::Null => return Ok(Stdio::null()),
+        Output::File(path) => (path, false),
+        Output::Append(path) => (path, true),
+    };
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .append(append)
+        .truncate(!append)
+        .open(in_cwd(spec, path))
+        .map(Stdio::from)
+        .map_err(|source| StartError::Stream { stream, path: path.clone(), source })
+}
+
+/// Finds the program the way `execvp` would, in the child's `PATH` and
+/// relative to its working directory, so that a missing or non-executable
+/// program gets a precise message before anything is started.
+fn resolve(spec: &ShellSpec) -> Result<PathBuf, StartError> {
+    let program = &spec.program;
+    if program.is_empty() {
+        return Err(StartError::NotFound { program: program.clone(), where_: " (the program is empty)".to_owned() });
+    }
+    if program.contains('/') {
+        let path = in_cwd(spec, Path::new(program));
+        return match check_executable(&path) {
+            Ok(()) => Ok(path),
+            Err(None) => Err(StartError::NotFound { program: program.clone(), where_: String::new() }),
+            Err(Some(problem)) => Err(StartError::NotExecutable { path, problem }),
+        };
+    }
+    let search = child_path(spec);
+    let mut denied = None;
+    for dir in std::env::split_paths(&search) {
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let candidate = in_cwd(spec, &dir.join(program));
+        match check_executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(Some(problem)) => {
+                denied.get_or_insert((candidate, problem));
+            }
+            Err(None) => {}
+        }
+    }
+    match denied {
+        Some((path, problem)) => Err(StartError::NotExecutable { path, problem }),
+        None => Err(StartError::NotFound {
+            program: program.clone(),
+            where_: format!(" in PATH `{}`", search.to_string_lossy()),
+        }),
+    }
+}
+
+/// `Err(None)`: nothing there; `Err(Some(why))`: there but not executable.
+fn check_executable(path: &Path) -> Result<(), Option<String>> {
+    let meta = std::fs::metadata(path).map_err(|_| None)?;
+    if meta.is_dir() {
+        return Err(Some("it is a directory".to_owned()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(Some("it has no execute permission".to_owned()));
+    }
+    Ok(())
+}
+
+/// The `PATH` the child will see.
+fn child_path(spec: &ShellSpec) -> OsString {
+    if let Some(path) = spec.env.set.get("PATH") {
+        return path.into();
+    }
+    let inherited =
+        if spec.env.clear || spec.env.remove.iter().any(|k| k == "PATH") { None } else { std::env::var_os("PATH") };
+    inherited.unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into())
+}

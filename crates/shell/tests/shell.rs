@@ -1,0 +1,389 @@
+//! Shell processes against real child processes.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use drover_core::{DriveMode, Process, ProcessHandler, spawn_owned};
+use drover_shell::{Governor, Input, Limits, Output, ShellProcess, ShellSpec, ShellState};
+use tokio::task::LocalSet;
+
+type Handler = ProcessHandler<ShellState, ShellProcess>;
+
+fn launch(local: &LocalSet, spec: ShellSpec, governor: &Governor) -> Handler {
+    let h = spawn_owned(local, ShellProcess::new(spec, governor.clone()), DriveMode::FireAndForget);
+    h.try_nudge().unwrap();
+    h
+}
+
+async fn finish(h: Handler) -> ShellState {
+    h.join().await.unwrap().state().clone()
+}
+
+fn test<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = Rc::new(LocalSet::new());
+    local.block_on(&rt, f(local.clone()))
+}
+
+/// Processes of process group `pgid` that are still alive (not zombies).
+fn group_members(pgid: u32) -> Vec<(u32, char)> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields[0].chars().next().unwrap();
+        if fields[2].parse::<u32>().ok() == Some(pgid) && state != 'Z' {
+            members.push((pid, state));
+        }
+    }
+    members
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn running_pid(h: &Handler) -> Option<u32> {
+    match h.state() {
+        ShellState::Running { pid, .. } => Some(pid),
+        _ => None,
+    }
+}
+
+#[test]
+fn runs_a_program_with_its_arguments_environment_cwd_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "from a file\n").unwrap();
+    test(|local| async move {
+        let g = Governor::new(4);
+        let tricky = "it's a \"quoted\" $(echo no) ; arg\nwith a newline and ünïcödé";
+        let spec = ShellSpec::program(
+            "sh",
+            [
+                "-c",
+                r#"printf '%s|' "$@"; printf '%s|%s|%s|' "$KEEP" "${GONE-unset}" "$PWD"; cat"#,
+                "sh",
+                tricky,
+                "two words",
+            ],
+        )
+        .with_cwd(dir.path())
+        .with_env("KEEP", "kept value; $(not run)")
+        .without_env("HOME")
+        .with_stdin(Input::Bytes(b"from bytes".to_vec()))
+        .with_stdout(Output::File("out.txt".into()))
+        .with_stderr(Output::File(dir.path().join("err.txt")));
+        let mut spec = spec;
+        spec.env.set.insert("GONE".into(), "x".into());
+        spec.env.remove.push("GONE".into());
+        spec.env.set.remove("GONE");
+        assert!(finish(launch(&local, spec, &g)).await.succeeded());
+        let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+        let cwd = dir.path().canonicalize().unwrap();
+        assert_eq!(out, format!("{tricky}|two words|kept value; $(not run)|unset|{}|from bytes", cwd.display()));
+
+        // stdin from a file, stderr appended, a clear environment.
+        let spec = ShellSpec::program("/bin/sh", ["-c", "cat; echo \"${HOME-nohome}\" >&2; echo second >&2"])
+            .with_cwd(dir.path())
+            .with_clear_env()
+            .with_stdin(Input::File("in.txt".into()))
+            .with_stdout(Output::Append("out.txt".into()))
+            .with_stderr(Output::Append("err.txt".into()));
+        assert!(finish(launch(&local, spec, &g)).await.succeeded());
+        let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+        assert!(out.ends_with("from bytesfrom a file\n"), "{out:?}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("err.txt")).unwrap(), "nohome\nsecond\n");
+    });
+}
+
+#[test]
+fn a_non_zero_exit_code_is_finished_with_that_code() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let state = finish(launch(&local, ShellSpec::script("exit 42"), &g)).await;
+        assert!(matches!(state, ShellState::Finished { exit_code: 42, .. }), "{state:?}");
+        assert!(!state.succeeded());
+        let state = finish(launch(&local, ShellSpec::script("kill -SEGV $$"), &g)).await;
+        assert!(matches!(&state, ShellState::Failed { reason } if reason.contains("SIGSEGV")), "{state:?}");
+    });
+}
+
+#[test]
+fn pause_stops_the_whole_group_and_resume_continues_it() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let h = launch(&local, ShellSpec::script("sleep 1000 & sleep 1000; wait"), &g);
+        wait_until("running", || running_pid(&h).is_some()).await;
+        let pgid = running_pid(&h).unwrap();
+        wait_until("both sleeps started", || group_members(pgid).len() == 3).await;
+
+        h.pause().await.unwrap();
+        assert!(matches!(h.state(), ShellState::Paused { pid, .. } if pid == pgid));
+        wait_until("all stopped", || group_members(pgid).iter().all(|(_, s)| *s == 'T')).await;
+        assert_eq!(g.running(), 1, "a paused child keeps its slot");
+
+        h.resume().unwrap();
+        wait_until("all continued", || group_members(pgid).iter().all(|(_, s)| *s != 'T')).await;
+        assert!(matches!(h.state(), ShellState::Running { .. }));
+
+        // Kill while paused works too: SIGTERM reaches a stopped group.
+        h.pause().await.unwrap();
+        h.kill().await.unwrap();
+        assert_eq!(h.state(), ShellState::Killed);
+        assert_eq!(group_members(pgid), vec![]);
+        assert_eq!(g.running(), 0);
+    });
+}
+
+#[test]
+fn kill_leaves_no_orphans() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let h = launch(&local, ShellSpec::program("sh", ["-c", "sleep 1000 & sleep 1000"]), &g);
+        wait_until("running", || running_pid(&h).is_some()).await;
+        let pgid = running_pid(&h).unwrap();
+        wait_until("both sleeps started", || group_members(pgid).len() == 3).await;
+        let started = Instant::now();
+        h.kill().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "sleep obeys SIGTERM: no grace period needed");
+        assert_eq!(group_members(pgid), vec![], "a process of the killed tree is left");
+        assert_eq!(finish(h).await, ShellState::Killed);
+    });
+}
+
+#[test]
+fn a_tree_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let spec =
+            ShellSpec::script("trap '' TERM; sleep 1000 & sleep 1000").with_kill_grace(Duration::from_millis(300));
+        let h = launch(&local, spec, &g);
+        wait_until("running", || running_pid(&h).is_some()).await;
+        let pgid = running_pid(&h).unwrap();
+        wait_until("both sleeps started", || group_members(pgid).len() == 3).await;
+        h.kill().await.unwrap();
+        assert_eq!(group_members(pgid), vec![]);
+    });
+}
+
+#[test]
+fn leftovers_of_a_finished_command_are_ended() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let h = launch(&local, ShellSpec::script("sleep 1000 & echo started"), &g);
+        let mut rx = h.subscribe();
+        let mut pgid = None;
+        while rx.changed().await.is_ok() {
+            if let ShellState::Running { pid, .. } = *rx.borrow() {
+                pgid = Some(pid);
+            }
+        }
+        assert!(h.state().succeeded());
+        assert_eq!(group_members(pgid.unwrap()), vec![]);
+    });
+}
+
+#[test]
+fn a_timeout_ends_the_tree_and_fails_the_process() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let spec = ShellSpec::script("sleep 1000 & sleep 1000").with_timeout(Duration::from_millis(300));
+        let h = launch(&local, spec, &g);
+        wait_until("running", || running_pid(&h).is_some()).await;
+        let pgid = running_pid(&h).unwrap();
+        let state = finish(h).await;
+        assert!(matches!(&state, ShellState::Failed { reason } if reason.contains("timed out")), "{state:?}");
+        assert_eq!(group_members(pgid), vec![]);
+    });
+}
+
+#[test]
+fn time_spent_paused_does_not_count_against_the_timeout() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let spec = ShellSpec::program("sleep", ["0.6"]).with_timeout(Duration::from_millis(1500));
+        let h = launch(&local, spec, &g);
+        wait_until("running", || running_pid(&h).is_some()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.pause().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        h.resume().unwrap();
+        let state = finish(h).await;
+        assert!(state.succeeded(), "{state:?}");
+    });
+}
+
+#[test]
+fn the_governor_caps_running_children_and_admits_in_fifo_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("order.txt");
+    test(|local| async move {
+        let g = Governor::new(2);
+        let handlers: Vec<_> = (0..8)
+            .map(|i| {
+                let spec = ShellSpec::script(format!("echo {i} >> '{}'; sleep 0.15", log.display()));
+                launch(&local, spec, &g)
+            })
+            .collect();
+        let mut most = 0;
+        while handlers.iter().any(|h| !h.is_done()) {
+            let running = handlers.iter().filter(|h| matches!(h.state(), ShellState::Running { .. })).count();
+            most = most.max(running);
+            assert!(g.running() <= 2);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(most, 2);
+        for h in handlers {
+            assert!(finish(h).await.succeeded());
+        }
+        let order = std::fs::read_to_string(&log).unwrap();
+        let order: Vec<u32> = order.lines().map(|l| l.parse().unwrap()).collect();
+        // Two at a time start together; pairs are admitted in order.
+        for pair in order.chunks(2).enumerate() {
+            let mut got = pair.1.to_vec();
+            got.sort();
+            assert_eq!(got, vec![2 * pair.0 as u32, 2 * pair.0 as u32 + 1], "{order:?}");
+        }
+    });
+}
+
+#[test]
+fn a_killed_queued_process_never_starts_and_a_paused_one_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let killed_marker = dir.path().join("killed-ran");
+    let paused_marker = dir.path().join("paused-ran");
+    test(|local| async move {
+        let g = Governor::new(1);
+        let first = launch(&local, ShellSpec::program("sleep", ["0.3"]), &g);
+        let killed = launch(&local, ShellSpec::program("touch", [killed_marker.to_str().unwrap()]), &g);
+        let paused = launch(&local, ShellSpec::program("touch", [paused_marker.to_str().unwrap()]), &g);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(g.waiting(), 2);
+        killed.kill().await.unwrap();
+        paused.pause().await.unwrap();
+        assert_eq!(g.waiting(), 0);
+        assert!(finish(first).await.succeeded());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(paused.state(), ShellState::Queued);
+        assert!(!paused_marker.exists());
+        paused.resume().unwrap();
+        assert!(finish(paused).await.succeeded());
+        assert!(paused_marker.exists());
+        assert_eq!(finish(killed).await, ShellState::Killed);
+        assert!(!killed_marker.exists(), "a killed queued process ran");
+    });
+}
+
+#[test]
+fn the_memory_guard_holds_children_back() {
+    test(|local| async move {
+        // No machine has u64::MAX bytes available: nothing may start.
+        let g = Governor::with_memory_guard(2, u64::MAX);
+        let h = launch(&local, ShellSpec::program("true", Vec::<String>::new()), &g);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(h.state(), ShellState::Queued);
+        h.kill().await.unwrap();
+        // A threshold the machine meets lets it run.
+        let g = Governor::with_memory_guard(2, 1);
+        assert!(finish(launch(&local, ShellSpec::program("true", Vec::<String>::new()), &g)).await.succeeded());
+    });
+}
+
+#[test]
+fn per_child_limits_apply_before_exec() {
+    test(|local| async move {
+        let g = Governor::new(2);
+        let spec =
+            ShellSpec::script("while :; do :; done").with_limits(Limits { cpu_seconds: Some(1), address_space: None });
+        let state = finish(launch(&local, spec, &g)).await;
+        assert!(
+            matches!(&state, ShellState::Failed { reason } if reason.contains("SIGXCPU") || reason.contains("SIGKILL")),
+            "{state:?}"
+        );
+
+        let spec = ShellSpec::program("python3", ["-c", "bytearray(512 * 1024 * 1024)"])
+            .with_limits(Limits { cpu_seconds: None, address_space: Some(256 * 1024 * 1024) });
+        let state = finish(launch(&local, spec, &g)).await;
+        assert!(matches!(state, ShellState::Finished { exit_code: 1, .. }), "MemoryError expected: {state:?}");
+    });
+}
+
+#[test]
+fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("script.sh");
+    std::fs::write(&not_exec, "#!/bin/sh\necho hi\n").unwrap();
+    let missing_dir = dir.path().join("no/such/dir");
+    let unwritable = dir.path().join("no-such-dir/out.txt");
+    let missing_input = dir.path().join("missing-input.txt");
+    test(|local| async move {
+        let g = Governor::new(2);
+        let cases: Vec<(ShellSpec, String)> = vec![
+            (ShellSpec::program("no-such-program-drover", ["x"]), "program `no-such-program-drover` not found".into()),
+            (ShellSpec::program("./no/such/program", ["x"]), "program `./no/such/program` not found".into()),
+            (
+                ShellSpec::program(not_exec.to_str().unwrap(), ["x"]),
+                format!("`{}` is not executable", not_exec.display()),
+            ),
+            (
+                ShellSpec::program("true", ["x"]).with_cwd(&missing_dir),
+                format!("working directory `{}` does not exist", missing_dir.display()),
+            ),
+            (
+                ShellSpec::program("true", ["x"]).with_stdout(Output::File(unwritable.clone())),
+                format!("cannot open standard output file `{}`", unwritable.display()),
+            ),
+            (
+                ShellSpec::program("true", ["x"]).with_stdin(Input::File(missing_input.clone())),
+                format!("cannot open standard input file `{}`", missing_input.display()),
+            ),
+        ];
+        let good = launch(&local, ShellSpec::program("sh", ["-c", "sleep 0.2; exit 0"]), &g);
+        let bad: Vec<_> = cases.into_iter().map(|(spec, msg)| (launch(&local, spec, &g), msg)).collect();
+        for (h, expected) in bad {
+            let state = finish(h).await;
+            match state {
+                ShellState::Failed { reason } => assert!(reason.contains(&expected), "{reason:?} lacks {expected:?}"),
+                other => panic!("expected Failed containing {expected:?}, got {other:?}"),
+            }
+        }
+        assert!(finish(good).await.succeeded());
+        assert!(!Path::new(&unwritable).exists());
+    });
+}
+
+#[test]
+fn pause_and_kill_reach_any_of_10000_queued_processes_at_once() {
+    test(|local| async move {
+        let g = Governor::new(1);
+        let blocker = launch(&local, ShellSpec::program("sleep", ["1000"]), &g);
+        wait_until("the blocker runs", || running_pid(&blocker).is_some()).await;
+        let queued: Vec<_> =
+            (0..10_000).map(|_| launch(&local, ShellSpec::program("true", Vec::<String>::new()), &g)).collect();
+        wait_until("all queued", || g.waiting() == 10_000).await;
+
+        let started = Instant::now();
+        queued[7_777].pause().await.unwrap();
+        let pause = started.elapsed();
+        let started = Instant::now();
+        queued[4_242].kill().await.unwrap();
+        let kill = started.elapsed();
+        // Generous bounds for a shared machine; the benchmark reports the figure.
+        assert!(pause < Duration::from_millis(500), "pause took {pause:?}");
+        assert!(kill < Duration::from_millis(500), "kill took {kill:?}");
+        assert_eq!(g.waiting(), 9_998);
+
+        for h in &queued {
+            let _ = h.kill().await;
+        }
+        blocker.kill().await.unwrap();
+        assert_eq!(g.running(), 0);
+    });
+}
