@@ -72,8 +72,29 @@ pub(crate) struct Started {
     pub(crate) pid: u32,
 }
 
+/// Runs `spec` to its end and captures its standard output and error, for
+/// short commands (both are held in memory; the spec's own output settings are
+/// ignored). The child leads its own process group, as every child does.
+///
+/// # Errors
+///
+/// [`StartError`] if it cannot be started; `Ok` with its exit status otherwise.
+///
+/// # Cancel safety
+///
+/// Dropping the future kills the child.
+pub async fn output(spec: &ShellSpec) -> Result<std::process::Output, StartError> {
+    let started = start_with(spec, true)?;
+    let program = spec.program.clone();
+    started.child.wait_with_output().await.map_err(|source| StartError::Spawn { path: program.into(), source })
+}
+
 /// Starts the child described by `spec`.
 pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
+    start_with(spec, false)
+}
+
+fn start_with(spec: &ShellSpec, capture: bool) -> Result<Started, StartError> {
     if let Some(cwd) = &spec.cwd {
         match std::fs::metadata(cwd) {
             Ok(meta) if meta.is_dir() => {}
@@ -91,8 +112,11 @@ pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
             source,
         })?),
     };
-    let stdout = open_output(spec, &spec.stdout, "standard output")?;
-    let stderr = open_output(spec, &spec.stderr, "standard error")?;
+    let (stdout, stderr) = if capture {
+        (Stdio::piped(), Stdio::piped())
+    } else {
+        (open_output(spec, &spec.stdout, "standard output")?, open_output(spec, &spec.stderr, "standard error")?)
+    };
 
     #[allow(clippy::disallowed_methods)] // this is the wrapper
     let mut cmd = Command::new(&program);

@@ -75,7 +75,7 @@ mod governor;
 mod process;
 mod spec;
 
-pub use command::StartError;
+pub use command::{StartError, output};
 pub use governor::Governor;
 pub use process::{ShellProcess, ShellState};
 pub use spec::{Env, Input, Limits, Output, ShellSpec};

@@ -1,0 +1,168 @@
+//! Batched status polling: one status command per interval for every job of a
+//! computer, however many processes wait.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::scheduler::{AnyScheduler, JobStatus, Scheduler};
+use crate::transport::{AnyTransport, Transport};
+
+/// The shortest polling interval a computer may ask for.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a wait for a job's status failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("polling job status failed: {message}")]
+pub struct PollError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether trying again later may work.
+    pub transient: bool,
+}
+
+/// The status poller of one computer (one host and user). Processes ask it to
+/// wake them when their job's status changes; once per interval it runs one
+/// status command for all jobs that someone waits for, and fans the results
+/// out. Nobody waiting, no command. Final states arrive in the same call.
+///
+/// Clones share the poller. Its task runs on the tokio runtime that first
+/// waits on it, and ends when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Poller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: AnyTransport,
+    scheduler: AnyScheduler,
+    interval: Duration,
+    waiting: Mutex<HashMap<String, Vec<Waiter>>>,
+    running: AtomicBool,
+    polls: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    last: JobStatus,
+    tx: oneshot::Sender<Result<JobStatus, PollError>>,
+}
+
+impl Poller {
+    /// A poller that runs `scheduler`'s status command through `transport`
+    /// every `interval` (at least [`MIN_INTERVAL`]).
+    pub fn new(transport: AnyTransport, scheduler: AnyScheduler, interval: Duration) -> Poller {
+        Poller {
+            inner: Arc::new(Inner {
+                transport,
+                scheduler,
+                interval: interval.max(MIN_INTERVAL),
+                waiting: Mutex::default(),
+                running: AtomicBool::new(false),
+                polls: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The polling interval.
+    pub fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
+    /// How many status commands this poller has run.
+    pub fn polls(&self) -> usize {
+        self.inner.polls.load(Ordering::Relaxed)
+    }
+
+    /// How many jobs someone waits for now.
+    pub fn watched(&self) -> usize {
+        let waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.values().filter(|w| w.iter().any(|w| !w.tx.is_closed())).count()
+    }
+
+    /// Waits until job `id`'s status differs from `last`, and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`PollError`] when the status command failed; the caller decides
+    /// whether to try again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped wait is forgotten at the next tick, and a job
+    /// nobody waits for is not polled.
+    pub async fn wait_change(&self, id: &str, last: JobStatus) -> Result<JobStatus, PollError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.entry(id.to_owned()).or_default().push(Waiter { last, tx });
+        }
+        if !self.inner.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run(Arc::downgrade(&self.inner)));
+        }
+        rx.await.unwrap_or_else(|_| Err(PollError { message: "the poller stopped".into(), transient: true }))
+    }
+}
+
+async fn run(weak: Weak<Inner>) {
+    let interval = match weak.upgrade() {
+        Some(inner) => inner.interval,
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let ids: Vec<String> = {
+            let mut waiting = inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.retain(|_, ws| {
+                ws.retain(|w| !w.tx.is_closed());
+                !ws.is_empty()
+            });
+            waiting.keys().cloned().collect()
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let command = inner.scheduler.status(&refs);
+        inner.polls.fetch_add(1, Ordering::Relaxed);
+        let result = match inner.transport.run(&command).await {
+            Ok(out) => inner
+                .scheduler
+                .parse_status(&out, &refs)
+                .map_err(|e| PollError { message: e.to_string(), transient: e.transient }),
+            Err(e) => Err(PollError { message: e.to_string(), transient: e.is_transient() }),
+        };
+        let mut waiting = inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(statuses) => {
+                for (id, status) in statuses {
+                    let Some(ws) = waiting.get_mut(&id) else { continue };
+                    let mut keep = Vec::new();
+                    for w in ws.drain(..) {
+                        if w.last == status {
+                            keep.push(w);
+                        } else {
+                            let _ = w.tx.send(Ok(status.clone()));
+                        }
+                    }
+                    *ws = keep;
+                }
+            }
+            Err(e) => {
+                for (_, ws) in waiting.drain() {
+                    for w in ws {
+                        let _ = w.tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Schedulers, sans I/O: each one writes job scripts and command lines, and
+//! reads command outputs. Transports run the commands.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{EXIT_CODE_FILE, JobSpec, SCRIPT_FILE, STDERR_FILE, STDOUT_FILE, wall_time};
+use crate::quote::{quote, quote_all};
+
+/// What a command printed and how it exited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CmdOutput {
+    /// The exit status (`-1` if killed by a signal).
+    pub status: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Where a job is, as the scheduler tells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Waiting to run.
+    Pending,
+    /// Running (or completing).
+    Running,
+    /// Left the queue, and how.
+    Done(Ended),
+    /// The scheduler does not know the job (any more).
+    Unknown,
+}
+
+/// How a job left the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ended {
+    /// It ran to its end; its exit code says whether it succeeded.
+    Completed,
+    /// It ended with a non-zero exit code.
+    Failed,
+    /// It hit its wall time.
+    Timeout,
+    /// It was cancelled.
+    Cancelled,
+    /// It ran out of memory.
+    OutOfMemory,
+    /// Another end the scheduler named (node failure, preemption, ...).
+    Other(String),
+}
+
+/// A scheduler command that failed, with the scheduler's own message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what} failed: {message}")]
+pub struct CommandFailed {
+    /// Which command.
+    pub what: &'static str,
+    /// The scheduler's message (its standard error, trimmed).
+    pub message: String,
+    /// Whether trying again later may work (the controller was unreachable).
+    pub transient: bool,
+}
+
+impl CommandFailed {
+    fn from_output(what: &'static str, out: &CmdOutput) -> CommandFailed {
+        let message = match out.stderr.trim() {
+            "" => format!("exit status {}: {}", out.status, out.stdout.trim()),
+            err => err.to_owned(),
+        };
+        let lower = message.to_lowercase();
+        let transient = ["unable to contact slurm controller", "socket timed out", "try again", "connection refused"]
+            .iter()
+            .any(|s| lower.contains(s));
+        CommandFailed { what, message, transient }
+    }
+}
+
+/// A batch system, as command lines to run in a job's work directory and
+/// parsers of what they print.
+pub trait Scheduler {
+    /// The job script for `job`.
+    fn script(&self, job: &JobSpec) -> String;
+    /// The command line that submits the script in `work_dir` and prints the job id.
+    fn submit(&self, work_dir: &str) -> String;
+    /// Reads the job id from the submit command's output.
+    ///
+    /// # Errors
+    ///
+    /// The scheduler's message when it refused the job.
+    fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed>;
+    /// The command line that finds a job by its name (after an interrupted submit).
+    fn lookup(&self, job_name: &str, work_dir: &str) -> String;
+    /// Reads the found job id, if any.
+    ///
+    /// # Errors
+    ///
+    /// When the lookup itself failed.
+    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed>;
+    /// One command line that reports the status of all `ids`.
+    fn status(&self, ids: &[&str]) -> String;
+    /// Reads the status of each of `ids`; a job the output does not mention is
+    /// [`JobStatus::Unknown`].
+    ///
+    /// # Errors
+    ///
+    /// When the status command itself failed.
+    fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed>;
+    /// The command line that cancels job `id`.
+    fn cancel(&self, id: &str) -> String;
+    /// Checks the cancel command's output.
+    ///
+    /// # Errors
+    ///
+    /// When the scheduler refused to cancel.
+    fn parse_cancel(&self, out: &CmdOutput) -> Result<(), CommandFailed>;
+}
+
+/// The shell part every job script shares: environment, the text before, the
+/// command (each word quoted), its exit code written to [`EXIT_CODE_FILE`], the
+/// text after, and the command's exit code as the script's.
+fn body(job: &JobSpec, wrap: &[String]) -> String {
+    let mut s = String::new();
+    for (k, v) in &job.env {
+        let _ = writeln!(s, "export {k}={}", quote(v));
+    }
+    if !job.prepend.is_empty() {
+        let _ = writeln!(s, "{}", job.prepend.trim_end());
+    }
+    let words: Vec<&str> = wrap.iter().map(String::as_str).chain([job.command.as_str()]).collect();
+    let mut line = quote_all(words);
+    for a in &job.args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let _ = writeln!(s, "{line}");
+    let _ = writeln!(s, "drover_exit=$?");
+    let _ = writeln!(s, "echo \"$drover_exit\" > {EXIT_CODE_FILE}");
+    if !job.append.is_empty() {
+        let _ = writeln!(s, "{}", job.append.trim_end());
+    }
+    let _ = writeln!(s, "exit \"$drover_exit\"");
+    s
+}
+
+/// SLURM: `sbatch --parsable`, `squeue`, `scancel`.
+///
+/// Final states come from `squeue --states=all` while SLURM remembers the job
+/// (`MinJobAge`), exit codes from the file the job script writes; both arrive
+/// in the same batched call as the status of running jobs.
+#[derive(Clone, Debug, Default)]
+pub struct Slurm;
+
+impl Scheduler for Slurm {
+    fn script(&self, job: &JobSpec) -> String {
+        let mut s = String::from("#!/bin/bash\n");
+        let mut directive = |text: String| {
+            let _ = writeln!(s, "#SBATCH {text}");
+        };
+        directive(format!("--job-name={}", job.job_name()));
+        directive(format!("--output={STDOUT_FILE}"));
+        directive(format!("--error={STDERR_FILE}"));
+        let r = &job.resources;
+        if let Some(n) = r.nodes {
+            directive(format!("--nodes={n}"));
+        }
+        if let Some(n) = r.tasks {
+            directive(format!("--ntasks={n}"));
+        }
+        if let Some(n) = r.cpus_per_task {
+            directive(format!("--cpus-per-task={n}"));
+        }
+        if let Some(m) = r.memory_mb {
+            directive(format!("--mem={m}M"));
+        }
+        if let Some(t) = r.wall_time {
+            directive(format!("--time={}", wall_time(t)));
+        }
+        if let Some(p) = &r.partition {
+            directive(format!("--partition={p}"));
+        }
+        if let Some(a) = &r.account {
+            directive(format!("--account={a}"));
+        }
+        if let Some(q) = &r.qos {
+            directive(format!("--qos={q}"));
+        }
+        for d in &job.extra_directives {
+            directive(d.clone());
+        }
+        s.push_str(&body(job, &[]));
+        s
+    }
+
+    fn submit(&self, work_dir: &str) -> String {
+        format!("cd {} && sbatch --parsable {SCRIPT_FILE}", quote(work_dir))
+    }
+
+    fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed> {
+        let id = out.stdout.trim().split(';').next().unwrap_or("").trim();
+        if out.status != 0 || id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(CommandFailed::from_output("sbatch", out));
+        }
+        Ok(id.to_owned())
+    }
+
+    fn lookup(&self, job_name: &str, _work_dir: &str) -> String {
+        format!("squeue --states=all --noheader --format=%i --name={}", quote(job_name))
+    }
+
+    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed> {
+        if out.status != 0 {
+            return Err(CommandFailed::from_output("squeue", out));
+        }
+        Ok(out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned))
+    }
+
+    fn status(&self, ids: &[&str]) -> String {
+        format!("squeue --states=all --noheader --format='%i|%T' --jobs={}", quote(&ids.join(",")))
+    }
+
+    fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
+        let mut map: HashMap<String, JobStatus> = ids.iter().map(|id| ((*id).to_owned(), JobStatus::Unknown)).collect();
+        if out.status != 0 {
+            // Every id unknown to SLURM: it says so and fails.
+            if out.stderr.contains("Invalid job id") {
+                return Ok(map);
+            }
+            return Err(CommandFailed::from_output("squeue", out));
+        }
+        for line in out.stdout.lines() {
+            let Some((id, state)) = line.trim().split_once('|') else { continue };
+            if let Some(slot) = map.get_mut(id) {
+                *slot = slurm_state(state);
+            }
+        }
+        Ok(map)
+    }
+
+    fn cancel(&self, id: &str) -> String {
+        format!("scancel {}", quote(id))
+    }
+
+    fn parse_cancel(&self, out: &CmdOutput) -> Result<(), CommandFailed> {
+        if out.status == 0 || out.stderr.contains("Invalid job id") || out.stderr.contains("already completing or completed")
+        {
+            return Ok(());
+        }
+        Err(CommandFailed::from_output("scancel", out))
+    }
+}
+
+fn slurm_state(state: &str) -> JobStatus {
+    match state {
+        "PENDING" | "CONFIGURING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => JobStatus::Pending,
+        "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "SIGNALING" | "STAGE_OUT" | "RESIZING" => {
+            JobStatus::Running
+        }
+        "COMPLETED" => JobStatus::Done(Ended::Completed),
+        "FAILED" => JobStatus::Done(Ended::Failed),
+        "TIMEOUT" | "DEADLINE" => JobStatus::Done(Ended::Timeout),
+        "CANCELLED" => JobStatus::Done(Ended::Cancelled),
+        "OUT_OF_MEMORY" => JobStatus::Done(Ended::OutOfMemory),
+        other => JobStatus::Done(Ended::Other(other.to_owned())),
+    }
+}
+
+/// No batch system: the job script runs as a detached background process in
+/// its own session on the target, followed with `ps` and stopped with `kill`.
+/// A wall time is enforced with `timeout`.
+#[derive(Clone, Debug, Default)]
+pub struct Direct;
+
+/// Where `Direct` records a job's pid, for lookups after an interrupted submit.
+const DIRECT_PID_FILE: &str = ".drover-job-id";
+
+impl Scheduler for Direct {
+    fn script(&self, job: &JobSpec) -> String {
+        let wrap = match job.resources.wall_time {
+            Some(t) => vec!["timeout".to_owned(), "--kill-after=10".to_owned(), format!("{}s", t.as_secs().max(1))],
+            None => Vec::new(),
+        };
+        format!("#!/bin/bash\n{}", body(job, &wrap))
+    }
+
+    fn submit(&self, work_dir: &str) -> String {
+        format!(
+            "cd {} && {{ setsid nohup bash {SCRIPT_FILE} > {STDOUT_FILE} 2> {STDERR_FILE} < /dev/null & echo $! > {DIRECT_PID_FILE}; cat {DIRECT_PID_FILE}; }}",
+            quote(work_dir)
+        )
+    }
+
+    fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed> {
+        let id = out.stdout.trim();
+        if out.status != 0 || id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(CommandFailed::from_output("starting the job", out));
+        }
+        Ok(id.to_owned())
+    }
+
+    fn lookup(&self, _job_name: &str, work_dir: &str) -> String {
+        format!("cat {}/{DIRECT_PID_FILE} 2>/dev/null || true", quote(work_dir))
+    }
+
+    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed> {
+        let id = out.stdout.trim();
+        Ok((!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_owned()))
+    }
+
+    fn status(&self, ids: &[&str]) -> String {
+        format!("ps -o pid=,stat= -p {} || true", quote(&ids.join(",")))
+    }
+
+    fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
+        // A pid `ps` does not list has ended; its exit code file says how.
+        let mut map: HashMap<String, JobStatus> =
+            ids.iter().map(|id| ((*id).to_owned(), JobStatus::Done(Ended::Completed))).collect();
+        for line in out.stdout.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(pid), Some(stat)) = (words.next(), words.next()) else { continue };
+            if let Some(slot) = map.get_mut(pid) {
+                if !stat.starts_with('Z') {
+                    *slot = JobStatus::Running;
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    fn cancel(&self, id: &str) -> String {
+        // The job leads its own session and process group: end all of it.
+        format!("kill -TERM -- -{id} 2>/dev/null; kill -TERM {id} 2>/dev/null; true", id = quote(id))
+    }
+
+    fn parse_cancel(&self, _out: &CmdOutput) -> Result<(), CommandFailed> {
+        Ok(())
+    }
+}
+
+/// A scheduler chosen at run time.
+#[derive(Clone, Debug)]
+pub enum AnyScheduler {
+    /// SLURM.
+    Slurm(Slurm),
+    /// Direct execution.
+    Direct(Direct),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyScheduler::Slurm($s) => $e,
+            AnyScheduler::Direct($s) => $e,
+        }
+    };
+}
+
+impl Scheduler for AnyScheduler {
+    fn script(&self, job: &JobSpec) -> String {
+        delegate!(self, s => s.script(job))
+    }
+    fn submit(&self, work_dir: &str) -> String {
+        delegate!(self, s => s.submit(work_dir))
+    }
+    fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed> {
+        delegate!(self, s => s.parse_submit(out))
+    }
+    fn lookup(&self, job_name: &str, work_dir: &str) -> String {
+        delegate!(self, s => s.lookup(job_name, work_dir))
+    }
+    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed> {
+        delegate!(self, s => s.parse_lookup(out))
+    }
+    fn status(&self, ids: &[&str]) -> String {
+        delegate!(self, s => s.status(ids))
+    }
+    fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
+        delegate!(self, s => s.parse_status(out, ids))
+    }
+    fn cancel(&self, id: &str) -> String {
+        delegate!(self, s => s.cancel(id))
+    }
+    fn parse_cancel(&self, out: &CmdOutput) -> Result<(), CommandFailed> {
+        delegate!(self, s => s.parse_cancel(out))
+    }
+}

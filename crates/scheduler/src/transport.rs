@@ -1,0 +1,409 @@
+//! Transports: how commands reach a computer and files move to and from it.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use drover_shell::ShellSpec;
+use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh_sftp_client::file::TokioCompatFile;
+use openssh_sftp_client::{Sftp, SftpOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::quote::quote;
+use crate::scheduler::CmdOutput;
+
+/// Why a transport operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The computer could not be reached, or the connection broke. Trying
+    /// again later may work.
+    #[error("cannot reach {host}: {message}")]
+    Unreachable {
+        /// The computer.
+        host: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A file operation failed on a reachable computer.
+    #[error("{op} `{path}` on {host}: {message}")]
+    File {
+        /// The computer.
+        host: String,
+        /// What was done.
+        op: &'static str,
+        /// The remote or local path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl TransportError {
+    /// Whether trying again later may work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TransportError::Unreachable { .. })
+    }
+}
+
+/// How commands reach a computer and how files move to and from it. Remote
+/// paths are relative to the login directory unless absolute.
+///
+/// Implementations are shared by every process on the computer (`Send + Sync`)
+/// and cap their own concurrency.
+pub trait Transport: Send + Sync + 'static {
+    /// Runs a POSIX shell command line and captures what it prints.
+    fn run(&self, command: &str) -> impl Future<Output = Result<CmdOutput, TransportError>> + Send;
+    /// Writes `data` to the remote file `remote`, replacing it.
+    fn write(&self, remote: &str, data: &[u8]) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Copies the local file `local` to `remote`, streaming.
+    fn put(&self, local: &Path, remote: &str) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Copies the remote file `remote` to `local`, streaming. `Ok(false)` if
+    /// the remote file does not exist.
+    fn get(&self, remote: &str, local: &Path) -> impl Future<Output = Result<bool, TransportError>> + Send;
+    /// Whether the last attempt to reach the computer worked.
+    fn reachable(&self) -> bool;
+    /// The computer, for messages.
+    fn host(&self) -> &str;
+}
+
+/// The engine runs on the computer itself (its login node): commands run
+/// under `/bin/sh -c` through drover's command wrapper, files are copied.
+#[derive(Clone, Debug, Default)]
+pub struct Local {
+    home: Option<PathBuf>,
+}
+
+impl Local {
+    /// A local transport whose relative paths are relative to `$HOME`.
+    pub fn new() -> Local {
+        Local { home: std::env::var_os("HOME").map(PathBuf::from) }
+    }
+
+    fn path(&self, remote: &str) -> PathBuf {
+        match &self.home {
+            Some(home) if Path::new(remote).is_relative() => home.join(remote),
+            _ => PathBuf::from(remote),
+        }
+    }
+}
+
+fn file_error(host: &str, op: &'static str, path: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::File { host: host.to_owned(), op, path: path.to_owned(), message: e.to_string() }
+}
+
+impl Transport for Local {
+    async fn run(&self, command: &str) -> Result<CmdOutput, TransportError> {
+        let mut spec = ShellSpec::script(command);
+        spec.cwd = self.home.clone();
+        let out = drover_shell::output(&spec)
+            .await
+            .map_err(|e| TransportError::Unreachable { host: "localhost".into(), message: e.to_string() })?;
+        Ok(CmdOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn write(&self, remote: &str, data: &[u8]) -> Result<(), TransportError> {
+        tokio::fs::write(self.path(remote), data).await.map_err(|e| file_error("localhost", "writing", remote, e))
+    }
+
+    async fn put(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
+        tokio::fs::copy(local, self.path(remote)).await.map(drop).map_err(|e| file_error("localhost", "copying to", remote, e))
+    }
+
+    async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
+        match tokio::fs::copy(self.path(remote), local).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.path(remote).exists() => Ok(false),
+            Err(e) => Err(file_error("localhost", "copying from", remote, e)),
+        }
+    }
+
+    fn reachable(&self) -> bool {
+        true
+    }
+
+    fn host(&self) -> &str {
+        "localhost"
+    }
+}
+
+/// Settings of an SSH connection. Everything else comes from the system's
+/// OpenSSH configuration (`~/.ssh/config`: user, port, keys, `ProxyJump`,
+/// agents), since drover runs the system's `ssh`.
+#[derive(Clone, Debug)]
+pub struct SshConfig {
+    /// The destination: a host, `user@host`, or a `Host` alias of `~/.ssh/config`.
+    pub destination: String,
+    /// An already-open `ControlMaster` socket to use instead of opening a
+    /// connection (for sites with two-factor login).
+    pub control_path: Option<PathBuf>,
+    /// Commands at once over the connection; keep it below sshd's `MaxSessions`
+    /// (default 10), one channel being taken by SFTP.
+    pub max_channels: usize,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// The first wait before reconnecting after a failed attempt; it doubles
+    /// up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// The longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl SshConfig {
+    /// Defaults for `destination`.
+    pub fn new(destination: impl Into<String>) -> SshConfig {
+        SshConfig {
+            destination: destination.into(),
+            control_path: None,
+            max_channels: 8,
+            connect_timeout: Duration::from_secs(15),
+            reconnect_min: Duration::from_secs(2),
+            reconnect_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// SSH through the system's OpenSSH: one multiplexed master connection per
+/// computer, shared by every process on it, commands as channels (at most
+/// [`SshConfig::max_channels`] at once), files over one SFTP channel. A broken
+/// connection is reopened on the next use, no sooner than the backoff allows.
+#[derive(Clone, Debug)]
+pub struct Ssh {
+    inner: Arc<SshInner>,
+}
+
+#[derive(Debug)]
+struct SshInner {
+    config: SshConfig,
+    conn: Mutex<Conn>,
+    channels: Semaphore,
+    reachable: AtomicBool,
+    connections: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    session: Option<Arc<Session>>,
+    sftp: Option<Arc<Sftp>>,
+    failed_at: Option<Instant>,
+    backoff: Duration,
+    last_error: String,
+}
+
+impl Ssh {
+    /// A transport to `config.destination`. Nothing connects until first use.
+    pub fn new(config: SshConfig) -> Ssh {
+        let channels = Semaphore::new(config.max_channels.max(1));
+        Ssh {
+            inner: Arc::new(SshInner {
+                config,
+                conn: Mutex::new(Conn::default()),
+                channels,
+                reachable: AtomicBool::new(true),
+                connections: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// How many master connections this transport has opened so far.
+    pub fn connections_opened(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    fn unreachable(&self, message: impl std::fmt::Display) -> TransportError {
+        TransportError::Unreachable { host: self.inner.config.destination.clone(), message: message.to_string() }
+    }
+
+    /// The shared session, connecting if there is none (and the backoff allows).
+    async fn session(&self) -> Result<Arc<Session>, TransportError> {
+        let mut conn = self.inner.conn.lock().await;
+        if let Some(session) = &conn.session {
+            return Ok(session.clone());
+        }
+        if let Some(failed_at) = conn.failed_at {
+            if failed_at.elapsed() < conn.backoff {
+                return Err(self.unreachable(format!("{} (next attempt in {:?})", conn.last_error, conn.backoff - failed_at.elapsed())));
+            }
+        }
+        let config = &self.inner.config;
+        let connected = match &config.control_path {
+            Some(path) => {
+                let session = Session::resume_mux(path.clone().into_boxed_path(), None);
+                session.check().await.map(|()| session)
+            }
+            None => {
+                let mut builder = SessionBuilder::default();
+                builder
+                    .known_hosts_check(KnownHosts::Add)
+                    .connect_timeout(config.connect_timeout)
+                    .server_alive_interval(Duration::from_secs(30));
+                builder.connect_mux(&config.destination).await
+            }
+        };
+        match connected {
+            Ok(session) => {
+                self.inner.connections.fetch_add(1, Ordering::Relaxed);
+                self.inner.reachable.store(true, Ordering::Relaxed);
+                conn.failed_at = None;
+                conn.backoff = Duration::ZERO;
+                let session = Arc::new(session);
+                conn.session = Some(session.clone());
+                conn.sftp = None;
+                Ok(session)
+            }
+            Err(e) => {
+                self.inner.reachable.store(false, Ordering::Relaxed);
+                conn.failed_at = Some(Instant::now());
+                conn.backoff = (conn.backoff * 2).clamp(config.reconnect_min, config.reconnect_max);
+                conn.last_error = e.to_string();
+                Err(self.unreachable(e))
+            }
+        }
+    }
+
+    async fn sftp(&self) -> Result<Arc<Sftp>, TransportError> {
+        let session = self.session().await?;
+        let mut conn = self.inner.conn.lock().await;
+        if let Some(sftp) = &conn.sftp {
+            return Ok(sftp.clone());
+        }
+        let sftp = Sftp::from_clonable_session(session, SftpOptions::default()).await.map_err(|e| self.unreachable(e))?;
+        let sftp = Arc::new(sftp);
+        conn.sftp = Some(sftp.clone());
+        Ok(sftp)
+    }
+
+    /// Forgets a connection that failed, so that the next use reconnects.
+    async fn broken(&self, error: impl std::fmt::Display) -> TransportError {
+        let mut conn = self.inner.conn.lock().await;
+        conn.session = None;
+        conn.sftp = None;
+        conn.failed_at = Some(Instant::now());
+        conn.backoff = self.inner.config.reconnect_min;
+        conn.last_error = error.to_string();
+        self.inner.reachable.store(false, Ordering::Relaxed);
+        self.unreachable(error)
+    }
+}
+
+impl Transport for Ssh {
+    async fn run(&self, command: &str) -> Result<CmdOutput, TransportError> {
+        let _channel = self.inner.channels.acquire().await.expect("never closed");
+        let session = self.session().await?;
+        // The login shell may not be POSIX: hand the line to `sh` as one word.
+        let out = match session.raw_command(format!("sh -c {}", quote(command))).output().await {
+            Ok(out) => out,
+            Err(e) => return Err(self.broken(e).await),
+        };
+        // 255 is ssh's own failure, not the command's.
+        if out.status.code() == Some(255) && session.check().await.is_err() {
+            return Err(self.broken(String::from_utf8_lossy(&out.stderr).trim()).await);
+        }
+        Ok(CmdOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn write(&self, remote: &str, data: &[u8]) -> Result<(), TransportError> {
+        let host = self.host().to_owned();
+        let sftp = self.sftp().await?;
+        let mut fs = sftp.fs();
+        fs.write(remote, data).await.map_err(|e| file_error(&host, "writing", remote, e))
+    }
+
+    async fn put(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
+        let host = self.host().to_owned();
+        let mut source =
+            tokio::fs::File::open(local).await.map_err(|e| file_error(&host, "reading", &local.display().to_string(), e))?;
+        let sftp = self.sftp().await?;
+        let file = sftp.create(remote).await.map_err(|e| file_error(&host, "creating", remote, e))?;
+        let mut target = Box::pin(TokioCompatFile::new(file));
+        tokio::io::copy(&mut source, &mut target).await.map_err(|e| file_error(&host, "writing", remote, e))?;
+        target.shutdown().await.map_err(|e| file_error(&host, "writing", remote, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
+        let host = self.host().to_owned();
+        let sftp = self.sftp().await?;
+        let file = match sftp.open(remote).await {
+            Ok(file) => file,
+            Err(openssh_sftp_client::Error::SftpError(openssh_sftp_client::error::SftpErrorKind::NoSuchFile, _)) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(file_error(&host, "opening", remote, e)),
+        };
+        let mut source = Box::pin(TokioCompatFile::new(file));
+        let mut target = tokio::fs::File::create(local)
+            .await
+            .map_err(|e| file_error(&host, "creating", &local.display().to_string(), e))?;
+        tokio::io::copy(&mut source, &mut target).await.map_err(|e| file_error(&host, "reading", remote, e))?;
+        target.flush().await.map_err(|e| file_error(&host, "writing", &local.display().to_string(), e))?;
+        Ok(true)
+    }
+
+    fn reachable(&self) -> bool {
+        self.inner.reachable.load(Ordering::Relaxed)
+    }
+
+    fn host(&self) -> &str {
+        &self.inner.config.destination
+    }
+}
+
+/// A transport chosen at run time.
+#[derive(Clone, Debug)]
+pub enum AnyTransport {
+    /// The engine runs on the computer.
+    Local(Local),
+    /// Over SSH.
+    Ssh(Ssh),
+}
+
+impl Transport for AnyTransport {
+    async fn run(&self, command: &str) -> Result<CmdOutput, TransportError> {
+        match self {
+            AnyTransport::Local(t) => t.run(command).await,
+            AnyTransport::Ssh(t) => t.run(command).await,
+        }
+    }
+    async fn write(&self, remote: &str, data: &[u8]) -> Result<(), TransportError> {
+        match self {
+            AnyTransport::Local(t) => t.write(remote, data).await,
+            AnyTransport::Ssh(t) => t.write(remote, data).await,
+        }
+    }
+    async fn put(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
+        match self {
+            AnyTransport::Local(t) => t.put(local, remote).await,
+            AnyTransport::Ssh(t) => t.put(local, remote).await,
+        }
+    }
+    async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
+        match self {
+            AnyTransport::Local(t) => t.get(remote, local).await,
+            AnyTransport::Ssh(t) => t.get(remote, local).await,
+        }
+    }
+    fn reachable(&self) -> bool {
+        match self {
+            AnyTransport::Local(t) => t.reachable(),
+            AnyTransport::Ssh(t) => t.reachable(),
+        }
+    }
+    fn host(&self) -> &str {
+        match self {
+            AnyTransport::Local(t) => t.host(),
+            AnyTransport::Ssh(t) => t.host(),
+        }
+    }
+}
