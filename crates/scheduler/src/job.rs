@@ -137,7 +137,11 @@ impl JobSpec {
             }
         }
         for name in self.uploads.iter().map(|u| &u.target).chain(&self.retrieve) {
-            if name.is_empty() || name.starts_with('/') || name.split('/').any(|part| part == "..") || name.contains('\0') {
+            if name.is_empty()
+                || name.starts_with('/')
+                || name.split('/').any(|part| part == "..")
+                || name.contains('\0')
+            {
                 return bad(format!("file name {name:?} must be relative and stay inside the work directory"));
             }
         }

@@ -256,7 +256,11 @@ impl SchedulerProcess {
             Ok(interruptible(computer.poller().wait_change(&job_id, last.clone())).await?)
         })
         .await;
-        let from = if running { JobState::Running { job_id: job_id.clone() } } else { JobState::Queued { job_id: job_id.clone() } };
+        let from = if running {
+            JobState::Running { job_id: job_id.clone() }
+        } else {
+            JobState::Queued { job_id: job_id.clone() }
+        };
         self.state = match result {
             Ok(JobStatus::Pending) => JobState::Queued { job_id },
             Ok(JobStatus::Running) => JobState::Running { job_id },
@@ -298,8 +302,12 @@ impl SchedulerProcess {
                 self.fail(f, from, Some(job_id));
                 return;
             }
-            (Ok(_), Ended::Timeout) => JobState::Failed { job_id: Some(job_id), reason: "the job hit its wall time".into() },
-            (Ok(_), Ended::OutOfMemory) => JobState::Failed { job_id: Some(job_id), reason: "the job ran out of memory".into() },
+            (Ok(_), Ended::Timeout) => {
+                JobState::Failed { job_id: Some(job_id), reason: "the job hit its wall time".into() }
+            }
+            (Ok(_), Ended::OutOfMemory) => {
+                JobState::Failed { job_id: Some(job_id), reason: "the job ran out of memory".into() }
+            }
             (Ok(_), Ended::Cancelled) => {
                 JobState::Failed { job_id: Some(job_id), reason: "the job was cancelled outside drover".into() }
             }
@@ -376,7 +384,10 @@ impl Process<JobState> for SchedulerProcess {
             JobState::Queued { job_id } => self.follow(job_id, false).await,
             JobState::Running { job_id } => self.follow(job_id, true).await,
             JobState::Retrieving { job_id, ended } => self.retrieve(job_id, ended).await,
-            JobState::Finished { .. } | JobState::Failed { .. } | JobState::Killed { .. } | JobState::Stalled { .. } => {}
+            JobState::Finished { .. }
+            | JobState::Failed { .. }
+            | JobState::Killed { .. }
+            | JobState::Stalled { .. } => {}
         }
     }
 }

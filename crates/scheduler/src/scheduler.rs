@@ -242,7 +242,9 @@ impl Scheduler for Slurm {
     }
 
     fn parse_cancel(&self, out: &CmdOutput) -> Result<(), CommandFailed> {
-        if out.status == 0 || out.stderr.contains("Invalid job id") || out.stderr.contains("already completing or completed")
+        if out.status == 0
+            || out.stderr.contains("Invalid job id")
+            || out.stderr.contains("already completing or completed")
         {
             return Ok(());
         }
@@ -329,7 +331,8 @@ impl Scheduler for Direct {
 
     fn cancel(&self, id: &str) -> String {
         // The job leads its own session and process group: end all of it.
-        format!("kill -TERM -- -{id} 2>/dev/null; kill -TERM {id} 2>/dev/null; true", id = quote(id))
+        // (`kill -TERM -PGID`: dash's `kill` does not take `--`.)
+        format!("kill -TERM -{id} 2>/dev/null; kill -TERM {id} 2>/dev/null; true", id = quote(id))
     }
 
     fn parse_cancel(&self, _out: &CmdOutput) -> Result<(), CommandFailed> {

@@ -19,6 +19,15 @@ use crate::scheduler::CmdOutput;
 /// Why a transport operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
+    /// The computer refused the connection for good: an unknown host, a
+    /// refused key, a host key that does not match. Retrying will not help.
+    #[error("cannot connect to {host}: {message}")]
+    Refused {
+        /// The computer.
+        host: String,
+        /// ssh's own message.
+        message: String,
+    },
     /// The computer could not be reached, or the connection broke. Trying
     /// again later may work.
     #[error("cannot reach {host}: {message}")]
@@ -91,6 +100,21 @@ impl Local {
     }
 }
 
+/// An error with its chain of causes: ssh's own words are in the causes.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(text.trim());
+        }
+        source = cause.source();
+    }
+    message
+}
+
 fn file_error(host: &str, op: &'static str, path: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::File { host: host.to_owned(), op, path: path.to_owned(), message: e.to_string() }
 }
@@ -114,7 +138,10 @@ impl Transport for Local {
     }
 
     async fn put(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
-        tokio::fs::copy(local, self.path(remote)).await.map(drop).map_err(|e| file_error("localhost", "copying to", remote, e))
+        tokio::fs::copy(local, self.path(remote))
+            .await
+            .map(drop)
+            .map_err(|e| file_error("localhost", "copying to", remote, e))
     }
 
     async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
@@ -229,7 +256,11 @@ impl Ssh {
         }
         if let Some(failed_at) = conn.failed_at {
             if failed_at.elapsed() < conn.backoff {
-                return Err(self.unreachable(format!("{} (next attempt in {:?})", conn.last_error, conn.backoff - failed_at.elapsed())));
+                return Err(self.unreachable(format!(
+                    "{} (next attempt in {:?})",
+                    conn.last_error,
+                    conn.backoff - failed_at.elapsed()
+                )));
             }
         }
         let config = &self.inner.config;
@@ -259,11 +290,23 @@ impl Ssh {
                 Ok(session)
             }
             Err(e) => {
+                let message = with_sources(&e);
                 self.inner.reachable.store(false, Ordering::Relaxed);
                 conn.failed_at = Some(Instant::now());
                 conn.backoff = (conn.backoff * 2).clamp(config.reconnect_min, config.reconnect_max);
-                conn.last_error = e.to_string();
-                Err(self.unreachable(e))
+                conn.last_error = message.clone();
+                let permanent = [
+                    "Could not resolve hostname",
+                    "Name or service not known",
+                    "Permission denied",
+                    "Host key verification failed",
+                    "Too many authentication failures",
+                    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+                ];
+                if permanent.iter().any(|p| message.contains(p)) {
+                    return Err(TransportError::Refused { host: config.destination.clone(), message });
+                }
+                Err(self.unreachable(message))
             }
         }
     }
@@ -274,7 +317,9 @@ impl Ssh {
         if let Some(sftp) = &conn.sftp {
             return Ok(sftp.clone());
         }
-        let sftp = Sftp::from_clonable_session(session, SftpOptions::default()).await.map_err(|e| self.unreachable(e))?;
+        let sftp = Sftp::from_clonable_session(session, SftpOptions::default())
+            .await
+            .map_err(|e| self.unreachable(with_sources(&e)))?;
         let sftp = Arc::new(sftp);
         conn.sftp = Some(sftp.clone());
         Ok(sftp)
@@ -300,7 +345,7 @@ impl Transport for Ssh {
         // The login shell may not be POSIX: hand the line to `sh` as one word.
         let out = match session.raw_command(format!("sh -c {}", quote(command))).output().await {
             Ok(out) => out,
-            Err(e) => return Err(self.broken(e).await),
+            Err(e) => return Err(self.broken(with_sources(&e)).await),
         };
         // 255 is ssh's own failure, not the command's.
         if out.status.code() == Some(255) && session.check().await.is_err() {
@@ -322,8 +367,9 @@ impl Transport for Ssh {
 
     async fn put(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
         let host = self.host().to_owned();
-        let mut source =
-            tokio::fs::File::open(local).await.map_err(|e| file_error(&host, "reading", &local.display().to_string(), e))?;
+        let mut source = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| file_error(&host, "reading", &local.display().to_string(), e))?;
         let sftp = self.sftp().await?;
         let file = sftp.create(remote).await.map_err(|e| file_error(&host, "creating", remote, e))?;
         let mut target = Box::pin(TokioCompatFile::new(file));

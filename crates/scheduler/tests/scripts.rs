@@ -74,7 +74,13 @@ fn slurm_parses_submit_output() {
         .unwrap_err();
     assert_eq!(refused.message, "sbatch: error: Batch job submission failed: Invalid partition name specified");
     assert!(!refused.transient);
-    let down = Slurm.parse_submit(&out(1, "", "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)")).unwrap_err();
+    let down = Slurm
+        .parse_submit(&out(
+            1,
+            "",
+            "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+        ))
+        .unwrap_err();
     assert!(down.transient);
 }
 
@@ -91,9 +97,15 @@ fn slurm_parses_status_output() {
     assert_eq!(got["5"], JobStatus::Done(Ended::Timeout));
     assert_eq!(got["6"], JobStatus::Done(Ended::Cancelled));
     assert_eq!(got["7"], JobStatus::Unknown);
-    let forgotten = Slurm.parse_status(&out(1, "", "slurm_load_jobs error: Invalid job id specified\n"), &["9"]).unwrap();
+    let forgotten =
+        Slurm.parse_status(&out(1, "", "slurm_load_jobs error: Invalid job id specified\n"), &["9"]).unwrap();
     assert_eq!(forgotten["9"], JobStatus::Unknown);
-    assert!(Slurm.parse_status(&out(1, "", "slurm_load_jobs error: Unable to contact slurm controller"), &["9"]).unwrap_err().transient);
+    assert!(
+        Slurm
+            .parse_status(&out(1, "", "slurm_load_jobs error: Unable to contact slurm controller"), &["9"])
+            .unwrap_err()
+            .transient
+    );
 }
 
 #[test]

@@ -1,0 +1,459 @@
+//! Scheduler jobs against a real SLURM, through a real sshd on loopback and
+//! through the local transport. The README's test command starts both
+//! (`scripts/services/all.sh start`); without them these tests fail, loudly.
+
+// The tests look at SLURM and the process table with their own tools, not
+// through the code under test.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_core::{DriveMode, Process, ProcessHandler, spawn_owned};
+use drover_scheduler::{
+    AnyScheduler, AnyTransport, Computer, Direct, JobSpec, JobState, Local, Resources, RetryPolicy, SchedulerProcess,
+    Slurm, Source, Ssh, SshConfig, Transport, Upload,
+};
+use tokio::task::LocalSet;
+
+const SSH_HOST: &str = "drover-test-host";
+
+type Handler = ProcessHandler<JobState, SchedulerProcess>;
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Ssh,
+    Local,
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy { attempts: 2, first_delay: Duration::from_millis(200) }
+}
+
+fn computer(via: Via, scheduler: AnyScheduler) -> Arc<Computer> {
+    let (transport, root) = match via {
+        Via::Ssh => (AnyTransport::Ssh(Ssh::new(SshConfig::new(SSH_HOST))), "drover-tests".to_owned()),
+        Via::Local => (AnyTransport::Local(Local::new()), "/tmp/drover-tests-local".to_owned()),
+    };
+    Computer::new(format!("{via:?}"), transport, scheduler, root, Duration::from_secs(1)).with_retry(fast_retry())
+}
+
+fn services_up() {
+    let ok = |cmd: &str| {
+        std::process::Command::new("sh").args(["-c", cmd]).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    assert!(
+        ok(&format!("ssh -o BatchMode=yes -o ConnectTimeout=5 {SSH_HOST} true")),
+        "sshd for tests is not reachable as `{SSH_HOST}`: run `scripts/services/all.sh start` (the README's test command does)"
+    );
+    assert!(
+        ok("scontrol ping | grep -q UP"),
+        "SLURM is not running: run `scripts/services/all.sh start` (the README's test command does)"
+    );
+}
+
+fn test<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
+    services_up();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = Rc::new(LocalSet::new());
+    local.block_on(&rt, f(local.clone()))
+}
+
+fn launch(local: &LocalSet, spec: JobSpec, computer: &Arc<Computer>) -> Handler {
+    let h = spawn_owned(local, SchedulerProcess::new(spec, computer.clone()), DriveMode::FireAndForget);
+    h.try_nudge().unwrap();
+    h
+}
+
+async fn finish(h: Handler) -> JobState {
+    tokio::time::timeout(Duration::from_secs(240), h.join())
+        .await
+        .expect("the job took too long")
+        .unwrap()
+        .state()
+        .clone()
+}
+
+fn spec(id: &str, command: &str, args: &[&str], local_dir: &Path) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        command: command.into(),
+        args: args.iter().map(|s| (*s).to_owned()).collect(),
+        local_dir: local_dir.to_owned(),
+        ..JobSpec::default()
+    }
+}
+
+/// Jobs of ours that SLURM still has pending or running.
+fn live_jobs(name: &str) -> String {
+    let out = std::process::Command::new("squeue")
+        .args(["--noheader", "--states=PENDING,RUNNING,CONFIGURING,COMPLETING", "--format=%i %T", "--name", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn wait_for(what: &str, h: &Handler, f: impl Fn(&JobState) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rx = h.subscribe();
+    while !f(&h.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; state {:?}", h.state());
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+    }
+}
+
+fn tricky() -> Vec<String> {
+    vec![
+        "it's \"quoted\"".into(),
+        "$(touch /tmp/drover-pwned); `touch /tmp/drover-pwned2`".into(),
+        "a; b && c | d".into(),
+        "  spaces  ".into(),
+        "new\nline".into(),
+        "ünïcödé ✓".into(),
+    ]
+}
+
+async fn success_with_files(via: Via, scheduler: AnyScheduler) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.bin");
+    let payload: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(&input, &payload).unwrap();
+    let odd_name = "we'ird $(x); näme.txt";
+    let id = unique("ok");
+    let mut job = spec(
+        &id,
+        "sh",
+        &[
+            "-c",
+            r#"cat input.bin > copy.bin && mkdir -p sub && printf '%s\n' "$@" > sub/args.txt && printf '%s' "$ODD" > "$1.out" && echo hello"#,
+        ],
+        &dir.path().join("out"),
+    );
+    job.args.push("sh".into()); // $0
+    job.args.push(odd_name.into());
+    job.args.extend(tricky());
+    job.env = BTreeMap::from([("ODD".into(), tricky().join("|"))]);
+    job.uploads = vec![
+        Upload { source: Source::Path(input.clone()), target: "input.bin".into() },
+        Upload { source: Source::Content(b"inline\n".to_vec()), target: format!("in/{odd_name}") },
+    ];
+    job.retrieve = vec!["copy.bin".into(), "sub/args.txt".into(), format!("{odd_name}.out"), format!("in/{odd_name}")];
+    job.resources.wall_time = Some(Duration::from_secs(300));
+
+    let computer = computer(via, scheduler);
+    let local = LocalSet::new();
+    let state = local.run_until(async { finish(launch(&local, job, &computer)).await }).await;
+    assert!(state.succeeded(), "{via:?}: {state:?}");
+    let out = dir.path().join("out");
+    assert_eq!(std::fs::read(out.join("copy.bin")).unwrap(), payload, "uploaded and retrieved bytes differ");
+    let mut expected = vec![odd_name.to_owned()];
+    expected.extend(tricky());
+    assert_eq!(std::fs::read_to_string(out.join("sub/args.txt")).unwrap(), expected.join("\n") + "\n");
+    assert_eq!(std::fs::read_to_string(out.join(format!("{odd_name}.out"))).unwrap(), tricky().join("|"));
+    assert_eq!(std::fs::read_to_string(out.join(format!("in/{odd_name}"))).unwrap(), "inline\n");
+    assert_eq!(std::fs::read_to_string(out.join("stdout.txt")).unwrap(), "hello\n");
+    assert!(!Path::new("/tmp/drover-pwned").exists() && !Path::new("/tmp/drover-pwned2").exists());
+    assert_eq!(live_jobs(&format!("drover-{id}")), "");
+}
+
+#[test]
+fn a_job_succeeds_through_ssh_and_slurm_with_files_byte_for_byte() {
+    test(|_| success_with_files(Via::Ssh, AnyScheduler::Slurm(Slurm)));
+}
+
+#[test]
+fn a_job_succeeds_through_the_local_transport_and_slurm() {
+    test(|_| success_with_files(Via::Local, AnyScheduler::Slurm(Slurm)));
+}
+
+#[test]
+fn a_direct_job_succeeds_through_ssh() {
+    test(|_| success_with_files(Via::Ssh, AnyScheduler::Direct(Direct)));
+}
+
+#[test]
+fn a_failing_job_reports_its_exit_code() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        for via in [Via::Ssh, Via::Local] {
+            let c = computer(via, AnyScheduler::Slurm(Slurm));
+            let state = finish(launch(&local, spec(&unique("exit"), "sh", &["-c", "exit 7"], dir.path()), &c)).await;
+            assert!(matches!(state, JobState::Finished { exit_code: 7, .. }), "{via:?}: {state:?}");
+        }
+    });
+}
+
+#[test]
+fn a_job_that_hits_its_wall_time_fails() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let mut job = spec(&unique("wall"), "sleep", &["600"], dir.path());
+        job.resources.wall_time = Some(Duration::from_secs(60));
+        let state = finish(launch(&local, job, &c)).await;
+        assert!(matches!(&state, JobState::Failed { reason, .. } if reason.contains("wall time")), "{state:?}");
+    });
+}
+
+#[test]
+fn kill_cancels_a_queued_and_a_running_job_and_retrieves_what_it_wrote() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        for via in [Via::Ssh, Via::Local] {
+            let c = computer(via, AnyScheduler::Slurm(Slurm));
+            // Queued: held back by a start time an hour away.
+            let queued_id = unique("kq");
+            let mut job = spec(&queued_id, "sleep", &["600"], &dir.path().join("q"));
+            job.extra_directives = vec!["--begin=now+3600".into()];
+            let queued = launch(&local, job, &c);
+            wait_for("queued", &queued, |s| matches!(s, JobState::Queued { .. })).await;
+            queued.kill().await.unwrap();
+            assert!(
+                matches!(queued.state(), JobState::Killed { cancel_pending: false, job_id: Some(_) }),
+                "{:?}",
+                queued.state()
+            );
+            assert_eq!(live_jobs(&format!("drover-{queued_id}")), "");
+
+            // Running: it wrote something before the kill.
+            let running_id = unique("kr");
+            let job = spec(&running_id, "sh", &["-c", "echo started; sleep 600"], &dir.path().join("r"));
+            let running = launch(&local, job, &c);
+            wait_for("running", &running, |s| matches!(s, JobState::Running { .. })).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            running.kill().await.unwrap();
+            assert!(matches!(running.state(), JobState::Killed { cancel_pending: false, .. }), "{:?}", running.state());
+            assert_eq!(live_jobs(&format!("drover-{running_id}")), "");
+            assert_eq!(std::fs::read_to_string(dir.path().join("r/stdout.txt")).unwrap(), "started\n");
+        }
+    });
+}
+
+#[test]
+fn a_direct_job_is_killed_with_its_process_tree() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Direct(Direct));
+        // Sleeps of a length no other test uses, to find them afterwards.
+        let tag = std::process::id() % 100_000;
+        let job =
+            spec(&unique("dk"), "sh", &["-c", &format!("sleep 600.{tag} & sleep 601.{tag}; echo done")], dir.path());
+        let h = launch(&local, job, &c);
+        wait_for("running", &h, |s| matches!(s, JobState::Running { .. })).await;
+        let pattern = format!("^sleep 60[01][.]{tag}$");
+        let sleeps = || {
+            let out = std::process::Command::new("pgrep").args(["-u", "drover-test", "-f", &pattern]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sleeps() < 2 {
+            assert!(Instant::now() < deadline, "the job's sleeps never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.kill().await.unwrap();
+        assert!(matches!(h.state(), JobState::Killed { cancel_pending: false, .. }), "{:?}", h.state());
+        let left = std::process::Command::new("pgrep").args(["-u", "drover-test", "-f", &pattern]).output().unwrap();
+        assert!(left.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&left.stdout));
+    });
+}
+
+#[test]
+fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let reachable = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let id = unique("ku");
+        let h = launch(&local, spec(&id, "sleep", &["600"], dir.path()), &reachable);
+        wait_for("running", &h, |s| matches!(s, JobState::Running { .. })).await;
+        let job_id = h.state().job_id().unwrap().to_owned();
+
+        // The same cluster through a ControlMaster socket that does not exist yet.
+        let socket = dir.path().join("ctl");
+        let mut config = SshConfig::new(SSH_HOST);
+        config.control_path = Some(socket.clone());
+        config.reconnect_min = Duration::from_millis(200);
+        config.reconnect_max = Duration::from_secs(1);
+        let cut_off = Computer::new(
+            "cut-off",
+            AnyTransport::Ssh(Ssh::new(config)),
+            AnyScheduler::Slurm(Slurm),
+            "drover-tests",
+            Duration::from_secs(1),
+        )
+        .with_retry(fast_retry());
+        assert!(cut_off.transport.run("true").await.is_err());
+        let spec2 = spec(&id, "sleep", &["600"], dir.path());
+        let restored = SchedulerProcess::restore(spec2, cut_off.clone(), JobState::Running { job_id: job_id.clone() });
+        let killer = spawn_owned(&local, restored, DriveMode::Step);
+        let started = Instant::now();
+        killer.kill().await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "kill waited for an unreachable cluster: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(killer.state(), JobState::Killed { job_id: Some(job_id.clone()), cancel_pending: true });
+        assert_eq!(cut_off.canceller().pending(), vec![job_id.clone()]);
+        assert!(!live_jobs(&format!("drover-{id}")).is_empty(), "the job must still run while unreachable");
+
+        // The cluster becomes reachable: a ControlMaster opens at that socket.
+        let master = std::process::Command::new("ssh")
+            .args(["-M", "-S", socket.to_str().unwrap(), "-o", "ControlPersist=yes", "-fN", SSH_HOST])
+            .status()
+            .unwrap();
+        assert!(master.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cut_off.canceller().pending().is_empty() {
+            assert!(Instant::now() < deadline, "the background cancel never went through");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(live_jobs(&format!("drover-{id}")), "");
+        let state = finish(h).await;
+        assert!(matches!(&state, JobState::Failed { reason, .. } if reason.contains("cancelled")), "{state:?}");
+        let _ =
+            std::process::Command::new("ssh").args(["-S", socket.to_str().unwrap(), "-O", "exit", SSH_HOST]).output();
+    });
+}
+
+#[test]
+fn an_interrupted_submit_finds_its_job_by_name() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let id = unique("resub");
+        let job = spec(&id, "true", &[], dir.path());
+        // Run to `Submitting` and submit once, as a crashed engine would have.
+        let h = spawn_owned(&local, SchedulerProcess::new(job.clone(), c.clone()), DriveMode::Step);
+        for _ in 0..3 {
+            h.nudge().await.unwrap();
+        }
+        wait_for("queued", &h, |s| matches!(s, JobState::Queued { .. })).await;
+        let first = h.state().job_id().unwrap().to_owned();
+        h.kill().await.ok();
+        // A new engine restores it in `Submitting`: it must adopt the job, not submit again.
+        let restored =
+            SchedulerProcess::restore(job, c.clone(), JobState::Submitting { job_name: format!("drover-{id}") });
+        let h = spawn_owned(&local, restored, DriveMode::Step);
+        h.nudge().await.unwrap();
+        wait_for("queued", &h, |s| matches!(s, JobState::Queued { .. })).await;
+        assert_eq!(h.state().job_id(), Some(first.as_str()));
+        let out = std::process::Command::new("squeue")
+            .args(["--noheader", "--states=all", "--format=%i", "--name", &format!("drover-{id}")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "submitted twice");
+    });
+}
+
+#[test]
+fn bad_input_fails_with_the_remote_message_and_leaves_nothing() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+
+        // A partition SLURM does not know.
+        let id = unique("badpart");
+        let mut job = spec(&id, "true", &[], dir.path());
+        job.resources = Resources { partition: Some("no-such-partition".into()), ..Resources::default() };
+        let state = finish(launch(&local, job, &c)).await;
+        assert!(
+            matches!(&state, JobState::Failed { reason, .. } if reason.contains("Invalid partition name specified")),
+            "{state:?}"
+        );
+        let left = c.transport.run(&format!("test -e drover-tests/{id} && echo left || echo gone")).await.unwrap();
+        assert_eq!(left.stdout.trim(), "gone", "the rejected job's work directory was left");
+
+        // A local input file that does not exist: nothing reaches the cluster.
+        let id = unique("noinput");
+        let mut job = spec(&id, "true", &[], dir.path());
+        job.uploads =
+            vec![Upload { source: Source::Path(PathBuf::from("/no/such/input.dat")), target: "in.dat".into() }];
+        let state = finish(launch(&local, job, &c)).await;
+        assert!(
+            matches!(&state, JobState::Failed { reason, .. } if reason.contains("/no/such/input.dat")),
+            "{state:?}"
+        );
+        let left = c.transport.run(&format!("test -e drover-tests/{id} && echo left || echo gone")).await.unwrap();
+        assert_eq!(left.stdout.trim(), "gone");
+
+        // An unknown host and a refused key: the process fails with ssh's own words.
+        for (destination, needle) in
+            [("no-such-host.invalid", "Could not resolve hostname"), ("nobody@drover-test-host", "Permission denied")]
+        {
+            let mut config = SshConfig::new(destination);
+            config.connect_timeout = Duration::from_secs(5);
+            let bad = Computer::new(
+                "bad",
+                AnyTransport::Ssh(Ssh::new(config)),
+                AnyScheduler::Slurm(Slurm),
+                "x",
+                Duration::from_secs(1),
+            )
+            .with_retry(fast_retry());
+            let h = launch(&local, spec(&unique("badhost"), "true", &[], dir.path()), &bad);
+            let state = finish(h).await;
+            assert!(
+                matches!(&state, JobState::Failed { reason, .. } if reason.contains(needle)),
+                "{destination}: {state:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn one_connection_and_batched_polling_for_many_jobs() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = Ssh::new(SshConfig::new(SSH_HOST));
+        let c = Computer::new(
+            "batch",
+            AnyTransport::Ssh(ssh.clone()),
+            AnyScheduler::Slurm(Slurm),
+            "drover-tests",
+            Duration::from_secs(1),
+        )
+        .with_retry(fast_retry());
+        let started = Instant::now();
+        let handlers: Vec<_> = (0..12)
+            .map(|i| {
+                launch(&local, spec(&unique(&format!("many{i}")), "true", &[], &dir.path().join(i.to_string())), &c)
+            })
+            .collect();
+        for h in handlers {
+            assert!(finish(h).await.succeeded());
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(ssh.connections_opened(), 1, "one master connection per computer");
+        let polls = c.poller().polls() as f64;
+        assert!(polls <= seconds / c.poller().interval().as_secs_f64() + 2.0, "{polls} polls in {seconds:.1} s");
+    });
+}
+
+#[test]
+fn pause_stops_following_and_resume_follows_again() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let h = launch(&local, spec(&unique("pause"), "sleep", &["3"], dir.path()), &c);
+        wait_for("queued or running", &h, |s| matches!(s, JobState::Queued { .. } | JobState::Running { .. })).await;
+        h.pause().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(c.poller().watched(), 0, "a paused process is still polled");
+        let polls = c.poller().polls();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(c.poller().polls(), polls, "polls ran for nobody");
+        // The job ran on meanwhile; resume finds it done.
+        h.resume().unwrap();
+        assert!(finish(h).await.succeeded());
+    });
+}
