@@ -205,6 +205,7 @@ async fn run<S: State, H: Host<S>>(
                 }
                 let mut ctl = shared.lock();
                 Shared::publish(&mut ctl, snap.state);
+                ctl.pausing = false;
                 ctl.paused = true;
                 ctl.pauses += 1;
                 shared.notify(ctl);
@@ -217,6 +218,7 @@ async fn run<S: State, H: Host<S>>(
                 }
                 let mut ctl = shared.lock();
                 Shared::publish(&mut ctl, snap.state);
+                ctl.resuming = false;
                 if snap.paused {
                     // The process still says it is paused: it stays paused.
                     ctl.want_paused = true;
@@ -226,10 +228,18 @@ async fn run<S: State, H: Host<S>>(
                 shared.notify(ctl);
                 continue;
             }
-            Action::Advance => match advance(host, shared).await? {
-                Some(snap) => snap,
+            Action::Advance => match advance(host, shared).await {
+                Ok(Some(snap)) => snap,
                 // Interrupted: a kill or pause is pending; the step keeps its nudge.
-                None => continue,
+                Ok(None) => continue,
+                Err(panic) => {
+                    // The process panicked. If a kill was asked for, its hook
+                    // still gets to clean up (a job, a child) before the end.
+                    if shared.lock().kill {
+                        let _ = caught(host.apply(Op::Kill)).await;
+                    }
+                    return Err(panic);
+                }
             },
         };
         credit = false;
@@ -244,6 +254,11 @@ async fn run<S: State, H: Host<S>>(
             ctl.want_paused = true;
             ctl.pauses += 1;
             shared.notify(ctl);
+        } else {
+            drop(ctl);
+            // A step that never waits must not starve the other tasks of its
+            // thread: yield once the task's cooperative budget is spent.
+            tokio::task::coop::consume_budget().await;
         }
     }
 }
@@ -256,7 +271,12 @@ async fn next_action<S: Clone, O>(shared: &Shared<S, O>, credit: &mut bool) -> A
             return Poll::Ready(Action::Kill);
         }
         if ctl.want_paused != ctl.paused {
-            return Poll::Ready(if ctl.want_paused { Action::Pause } else { Action::Resume });
+            if ctl.want_paused {
+                ctl.pausing = true;
+                return Poll::Ready(Action::Pause);
+            }
+            ctl.resuming = true;
+            return Poll::Ready(Action::Resume);
         }
         if !ctl.paused {
             let ready = match shared.mode {
@@ -288,11 +308,13 @@ async fn advance<S: State, H: Host<S>>(
     host: &mut H,
     shared: &Shared<S, H::Output>,
 ) -> Result<Option<Snapshot<S>>, String> {
-    let mut step = pin!(host.apply(Op::Advance));
+    // In an `Option`, so that an interrupted step is dropped under
+    // `catch_unwind` too: its destructors are process code.
+    let mut step = pin!(Some(host.apply(Op::Advance)));
     // The first poll follows `next_action`, which has just checked for requests.
     let mut checked = true;
     let mut waiting = false;
-    poll_fn(|cx| {
+    let interrupted = poll_fn(|cx| {
         if !checked {
             let ctl = shared.lock();
             if ctl.kill || (waiting && ctl.want_paused && !ctl.paused) {
@@ -300,7 +322,10 @@ async fn advance<S: State, H: Host<S>>(
             }
         }
         checked = false;
-        let (poll, parked) = poll_marked(|| catch_unwind(AssertUnwindSafe(|| step.as_mut().poll(cx))));
+        let Some(running) = step.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        let (poll, parked) = poll_marked(|| catch_unwind(AssertUnwindSafe(|| running.poll(cx))));
         waiting = parked;
         match poll {
             Err(payload) => Poll::Ready(Err(panic_message(payload))),
@@ -315,7 +340,13 @@ async fn advance<S: State, H: Host<S>>(
             }
         }
     })
-    .await
+    .await;
+    let dropped = catch_unwind(AssertUnwindSafe(|| step.as_mut().set(None)));
+    match (interrupted, dropped) {
+        (Err(panic), _) => Err(panic),
+        (Ok(snap), Ok(())) => Ok(snap),
+        (Ok(_), Err(payload)) => Err(panic_message(payload)),
+    }
 }
 
 pin_project_lite::pin_project! {

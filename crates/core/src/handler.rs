@@ -158,10 +158,12 @@ impl<S: State, O> ProcessHandler<S, O> {
             if let Some(end) = &ctl.end {
                 return Err(end.error());
             }
-            if ctl.paused {
+            if ctl.paused && !ctl.resuming {
                 ctl.want_paused = true;
                 return Ok(());
             }
+            // (While the resume hook runs, the process is about to un-pause:
+            // this pause will take effect after it.)
             let before = ctl.pauses;
             if !ctl.want_paused {
                 ctl.want_paused = true;
@@ -175,7 +177,7 @@ impl<S: State, O> ProcessHandler<S, O> {
                     Some(Ok(()))
                 } else if let Some(end) = &ctl.end {
                     Some(Err(end.error()))
-                } else if !ctl.want_paused {
+                } else if !ctl.want_paused && !ctl.pausing {
                     Some(Err(Error::Resumed))
                 } else {
                     None
@@ -202,7 +204,8 @@ impl<S: State, O> ProcessHandler<S, O> {
             return Ok(());
         }
         ctl.want_paused = false;
-        if ctl.paused {
+        if ctl.paused || ctl.pausing {
+            // Paused, or the pause hook runs: the process resumes after it.
             self.shared.wake_driver(ctl);
         } else {
             // A pause that had not taken effect: tell its waiters it was cancelled.

@@ -21,6 +21,11 @@ thread_local! {
 ///
 /// Outside a process's step this only awaits `future`.
 ///
+/// Wrap a whole wait, not one branch of a `join!` whose other branch does
+/// work: a step counts as waiting when any `interruptible` in it is pending at
+/// the end of a poll. An `interruptible` dropped while pending (a lost
+/// `select!` branch, an elapsed `timeout`) clears the mark.
+///
 /// # Cancel safety
 ///
 /// As cancel safe as `future`: only wrap awaits whose interruption loses nothing
@@ -34,7 +39,7 @@ thread_local! {
 /// }
 /// ```
 pub fn interruptible<F: Future>(future: F) -> Interruptible<F> {
-    Interruptible { future }
+    Interruptible { future, parked: false }
 }
 
 pin_project_lite::pin_project! {
@@ -44,6 +49,19 @@ pin_project_lite::pin_project! {
     pub struct Interruptible<F> {
         #[pin]
         future: F,
+        // Whether the last poll left it pending.
+        parked: bool,
+    }
+
+    impl<F> PinnedDrop for Interruptible<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped while parked (a lost `select!` branch, an elapsed
+            // `timeout`): the step no longer waits here, so the mark set by
+            // the last poll must not make the runtime think it does.
+            if *this.project().parked {
+                WAITING.with(|w| w.set(false));
+            }
+        }
     }
 }
 
@@ -51,7 +69,9 @@ impl<F: Future> Future for Interruptible<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let poll = self.project().future.poll(cx);
+        let this = self.project();
+        let poll = this.future.poll(cx);
+        *this.parked = poll.is_pending();
         if poll.is_pending() {
             WAITING.with(|w| w.set(true));
         }

@@ -152,14 +152,19 @@ impl Pool {
         let worker = self.pick();
         let live = Live::new(&worker.live);
         let sent = worker.send(Box::new(move || {
-            let proc = match catch_unwind(AssertUnwindSafe(make)) {
-                Ok(proc) => proc,
+            // `prepare` asks the process for its state: process code too.
+            let built = catch_unwind(AssertUnwindSafe(|| {
+                let proc = make();
+                let prepared = prepare(&proc, drive_mode);
+                (proc, prepared)
+            }));
+            let (proc, (shared, done)) = match built {
+                Ok(built) => built,
                 Err(_) => {
-                    let _ = tx.send(Err(Error::Panicked("the process factory panicked".to_owned())));
+                    let _ = tx.send(Err(Error::Panicked("building the process panicked".to_owned())));
                     return;
                 }
             };
-            let (shared, done) = prepare(&proc, drive_mode);
             let driver = drive(Detached(Owned(proc)), AbortGuard(shared.clone()), done);
             let _ = tx.send(Ok(ProcessHandler::new(shared)));
             tokio::task::spawn_local(async move {
@@ -175,6 +180,10 @@ impl Pool {
 
     /// Waits until every process placed on the pool has ended, then stops the
     /// workers. Blocks the calling thread: call it outside async code.
+    ///
+    /// A process that can never end keeps it waiting: one never nudged, or
+    /// paused, whose handlers are gone. Kill such processes first, or drop the
+    /// pool instead.
     pub fn join(mut self) {
         self.graceful.store(true, Ordering::SeqCst);
         self.stop();
@@ -184,9 +193,13 @@ impl Pool {
         for worker in &mut self.workers {
             worker.jobs = None;
         }
+        let me = thread::current().id();
         for worker in &mut self.workers {
             if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
+                // Dropped by one of its own workers: that thread stops on its own.
+                if thread.thread().id() != me {
+                    let _ = thread.join();
+                }
             }
         }
     }
@@ -198,6 +211,7 @@ impl Pool {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
             .map(|k| &self.workers[(start + k) % n])
+            .filter(|w| w.jobs.as_ref().is_some_and(|jobs| !jobs.is_closed()))
             .min_by_key(|w| w.live.load(Ordering::Relaxed))
             .unwrap_or(&self.workers[0])
     }
@@ -236,7 +250,9 @@ fn work(runtime: &Runtime, mut jobs: mpsc::UnboundedReceiver<Job>, graceful: &At
     let local = LocalSet::new();
     local.block_on(runtime, async {
         while let Some(job) = jobs.recv().await {
-            job();
+            // Jobs catch the panics of process code; this keeps a bug in a job
+            // itself from taking the worker's other processes with it.
+            let _ = catch_unwind(AssertUnwindSafe(job));
         }
     });
     if graceful.load(Ordering::SeqCst) {

@@ -53,6 +53,10 @@ pub(crate) struct Ctl<S, O> {
     pub(crate) want_paused: bool,
     /// What took effect: the process is paused.
     pub(crate) paused: bool,
+    /// The pause hook is running.
+    pub(crate) pausing: bool,
+    /// The resume hook is running.
+    pub(crate) resuming: bool,
     /// A kill was requested.
     pub(crate) kill: bool,
     /// How many times the process entered the paused phase.
@@ -84,6 +88,8 @@ impl<S: Clone, O> Shared<S, O> {
                 launched: false,
                 want_paused: paused,
                 paused,
+                pausing: false,
+                resuming: false,
                 kill: false,
                 pauses: 0,
                 end: None,

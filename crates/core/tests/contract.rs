@@ -514,3 +514,87 @@ fn a_handler_controls_its_process_from_another_thread() {
     assert_eq!(log.count(&Event::Resume), 1);
     assert_eq!(log.count(&Event::Kill), 1);
 }
+
+// --- Regressions found in review ------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_was_given_up_does_not_make_the_step_interruptible() {
+    in_local(|local| async move {
+        let (proc, log) = job(vec![Step::LostWait(100 * MS), Step::Compute]);
+        let handler = spawn(&local, &proc, DriveMode::FireAndForget);
+        handler.try_nudge().unwrap();
+        tokio::time::sleep(20 * MS).await;
+        // The step now does busy work: the pause must wait for it to end.
+        handler.pause().await.unwrap();
+        assert_eq!(log.events(), vec![Event::Start(0), Event::End(0), Event::Pause]);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_while_the_pause_hook_runs_does_not_cancel_the_pause() {
+    in_local(|local| async move {
+        let (mut proc, log) = Job::new(vec![Step::Compute]);
+        proc.hook_delay = 100 * MS;
+        let handler = Rc::new(spawn_owned(&local, proc, DriveMode::Step));
+        let pausing = tokio::task::spawn_local({
+            let h = handler.clone();
+            async move { h.pause().await }
+        });
+        tokio::time::sleep(10 * MS).await;
+        handler.resume().unwrap();
+        // The pause took effect (its hook ran), then the resume.
+        assert_eq!(pausing.await.unwrap(), Ok(()));
+        tokio::time::sleep(HOUR).await;
+        assert_eq!(log.events(), vec![Event::Pause, Event::Resume]);
+        assert!(!handler.is_paused());
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_while_the_resume_hook_runs_returns_once_paused_again() {
+    in_local(|local| async move {
+        let (mut proc, log) = Job::new(vec![Step::Compute]);
+        proc.hook_delay = 100 * MS;
+        let handler = spawn_owned(&local, proc, DriveMode::Step);
+        handler.pause().await.unwrap();
+        handler.resume().unwrap();
+        tokio::time::sleep(10 * MS).await;
+        handler.pause().await.unwrap();
+        assert!(handler.is_paused());
+        assert_eq!(log.events(), vec![Event::Pause, Event::Resume, Event::Pause]);
+    })
+    .await;
+}
+
+/// Real time: with paused time a spinning task keeps the clock from ever moving.
+#[tokio::test]
+async fn a_step_that_never_waits_does_not_starve_its_thread() {
+    in_local(|local| async move {
+        let (spinner, _) = job(vec![Step::Spin]);
+        let (other, other_log) = job(vec![Step::Compute, Step::Busy(MS), Step::Compute]);
+        let spin = spawn(&local, &spinner, DriveMode::FireAndForget);
+        let h = spawn(&local, &other, DriveMode::FireAndForget);
+        spin.try_nudge().unwrap();
+        h.try_nudge().unwrap();
+        h.until_completion().await;
+        assert_eq!(other_log.ends(), 3);
+        spin.kill().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_whose_drop_panics_still_gets_its_kill_hook_and_reports_the_panic() {
+    in_local(|local| async move {
+        let (proc, log) = job(vec![Step::Bomb]);
+        let handler = spawn(&local, &proc, DriveMode::FireAndForget);
+        handler.try_nudge().unwrap();
+        settle().await;
+        let result = handler.kill().await;
+        assert_eq!(result, Err(Error::Panicked("the step's guard panicked on drop".into())));
+        assert_eq!(log.count(&Event::Kill), 1, "the kill hook must still clean up");
+    })
+    .await;
+}

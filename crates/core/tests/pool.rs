@@ -150,3 +150,33 @@ fn join_waits_and_drop_aborts() {
     assert!(waiting.is_done());
     assert_eq!(block_on(waiting.join()).err(), Some(Error::Aborted));
 }
+
+/// `is_done` panics: building the process panics on its worker.
+struct Fragile;
+
+impl Process<Where> for Fragile {
+    fn state(&self) -> &Where {
+        panic!("no state")
+    }
+    fn transition_to(&mut self, _: Where) {}
+    async fn kill(&mut self) {}
+    async fn pause(&mut self) {}
+    async fn advance(&mut self) {}
+}
+
+#[test]
+fn a_process_that_panics_while_placed_takes_nothing_else_down() {
+    let pool = Pool::new(2).unwrap();
+    let (job, _) = Job::new(vec![Step::Busy(Duration::from_millis(200))]);
+    let bystander = pool.spawn(job, DriveMode::FireAndForget);
+    bystander.try_nudge().unwrap();
+    let placed = block_on(pool.spawn_with(|| Fragile, DriveMode::FireAndForget));
+    assert!(matches!(placed, Err(Error::Panicked(_))), "{placed:?}");
+    assert_eq!(block_on(bystander.join()).unwrap().state, JobState::Done);
+    for _ in 0..6 {
+        let (job, _) = Job::new(vec![Step::Compute]);
+        let h = pool.spawn(job, DriveMode::FireAndForget);
+        h.try_nudge().unwrap();
+        assert_eq!(block_on(h.join()).unwrap().state, JobState::Done);
+    }
+}

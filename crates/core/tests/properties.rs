@@ -62,9 +62,11 @@ struct Seen {
     join_after_kill: Option<Result<(), Error>>,
 }
 
-async fn run_case(local: &LocalSet, steps: Vec<Step>, mode: DriveMode, ops: Vec<Op>) -> Seen {
+async fn run_case(local: &LocalSet, steps: Vec<Step>, mode: DriveMode, ops: Vec<Op>, hook_ms: u64) -> Seen {
     let seen = Rc::new(RefCell::new(Seen::default()));
-    let (job, log) = Job::new(steps);
+    let (mut job, log) = Job::new(steps);
+    // Hooks that take time let requests arrive while they run.
+    job.hook_delay = Duration::from_millis(hook_ms);
     let handler = Rc::new(spawn_owned(local, job, mode));
 
     let mut rx = handler.subscribe();
@@ -221,11 +223,12 @@ proptest! {
         steps in prop::collection::vec(step(), 1..6),
         step_mode in any::<bool>(),
         ops in prop::collection::vec(op(), 0..40),
+        hook_ms in prop_oneof![Just(0u64), 1u64..20],
     ) {
         let mode = if step_mode { DriveMode::Step } else { DriveMode::FireAndForget };
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         let local = LocalSet::new();
-        let seen = local.block_on(&rt, run_case(&local, steps, mode, ops));
+        let seen = local.block_on(&rt, run_case(&local, steps, mode, ops, hook_ms));
         check(&seen, mode)?;
     }
 }

@@ -29,4 +29,4 @@ pub use process::{JobState, SchedulerProcess};
 pub use quote::{quote, quote_all};
 pub use retry::RetryPolicy;
 pub use scheduler::{AnyScheduler, CmdOutput, CommandFailed, Direct, Ended, JobStatus, Scheduler, Slurm};
-pub use transport::{AnyTransport, Local, Ssh, SshConfig, Transport, TransportError};
+pub use transport::{AnyTransport, CommandStats, Local, Ssh, SshConfig, Transport, TransportError};

@@ -58,6 +58,29 @@ impl TransportError {
     }
 }
 
+/// Counts of the commands a transport ran, by program (the first word after
+/// an optional `cd DIR &&`), for diagnostics and benchmarks.
+#[derive(Debug, Default)]
+pub struct CommandStats {
+    counts: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+}
+
+impl CommandStats {
+    fn record(&self, command: &str) {
+        let rest = match command.strip_prefix("cd ").and_then(|r| r.split_once(" && ")) {
+            Some((_, rest)) => rest,
+            None => command,
+        };
+        let program = rest.trim_start_matches(['{', ' ']).split_whitespace().next().unwrap_or("").to_owned();
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()).entry(program).or_default() += 1;
+    }
+
+    /// How many commands ran, by program.
+    pub fn by_program(&self) -> std::collections::BTreeMap<String, usize> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// How commands reach a computer and how files move to and from it. Remote
 /// paths are relative to the login directory unless absolute.
 ///
@@ -75,6 +98,8 @@ pub trait Transport: Send + Sync + 'static {
     fn get(&self, remote: &str, local: &Path) -> impl Future<Output = Result<bool, TransportError>> + Send;
     /// Whether the last attempt to reach the computer worked.
     fn reachable(&self) -> bool;
+    /// The commands run so far.
+    fn stats(&self) -> &CommandStats;
     /// The computer, for messages.
     fn host(&self) -> &str;
 }
@@ -84,12 +109,13 @@ pub trait Transport: Send + Sync + 'static {
 #[derive(Clone, Debug, Default)]
 pub struct Local {
     home: Option<PathBuf>,
+    stats: Arc<CommandStats>,
 }
 
 impl Local {
     /// A local transport whose relative paths are relative to `$HOME`.
     pub fn new() -> Local {
-        Local { home: std::env::var_os("HOME").map(PathBuf::from) }
+        Local { home: std::env::var_os("HOME").map(PathBuf::from), stats: Arc::default() }
     }
 
     fn path(&self, remote: &str) -> PathBuf {
@@ -121,6 +147,7 @@ fn file_error(host: &str, op: &'static str, path: &str, e: impl std::fmt::Displa
 
 impl Transport for Local {
     async fn run(&self, command: &str) -> Result<CmdOutput, TransportError> {
+        self.stats.record(command);
         let mut spec = ShellSpec::script(command);
         spec.cwd = self.home.clone();
         let out = drover_shell::output(&spec)
@@ -154,6 +181,10 @@ impl Transport for Local {
 
     fn reachable(&self) -> bool {
         true
+    }
+
+    fn stats(&self) -> &CommandStats {
+        &self.stats
     }
 
     fn host(&self) -> &str {
@@ -213,6 +244,7 @@ struct SshInner {
     channels: Semaphore,
     reachable: AtomicBool,
     connections: AtomicUsize,
+    stats: CommandStats,
 }
 
 #[derive(Debug, Default)]
@@ -235,6 +267,7 @@ impl Ssh {
                 channels,
                 reachable: AtomicBool::new(true),
                 connections: AtomicUsize::new(0),
+                stats: CommandStats::default(),
             }),
         }
     }
@@ -342,6 +375,7 @@ impl Transport for Ssh {
     async fn run(&self, command: &str) -> Result<CmdOutput, TransportError> {
         let _channel = self.inner.channels.acquire().await.expect("never closed");
         let session = self.session().await?;
+        self.inner.stats.record(command);
         // The login shell may not be POSIX: hand the line to `sh` as one word.
         let out = match session.raw_command(format!("sh -c {}", quote(command))).output().await {
             Ok(out) => out,
@@ -401,6 +435,10 @@ impl Transport for Ssh {
         self.inner.reachable.load(Ordering::Relaxed)
     }
 
+    fn stats(&self) -> &CommandStats {
+        &self.inner.stats
+    }
+
     fn host(&self) -> &str {
         &self.inner.config.destination
     }
@@ -450,6 +488,12 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Local(t) => t.host(),
             AnyTransport::Ssh(t) => t.host(),
+        }
+    }
+    fn stats(&self) -> &CommandStats {
+        match self {
+            AnyTransport::Local(t) => t.stats(),
+            AnyTransport::Ssh(t) => t.stats(),
         }
     }
 }

@@ -457,3 +457,47 @@ fn pause_stops_following_and_resume_follows_again() {
         assert!(finish(h).await.succeeded());
     });
 }
+
+#[test]
+fn retries_run_out_into_a_stall_and_resume_tries_again() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ctl");
+        let mut config = SshConfig::new(SSH_HOST);
+        config.control_path = Some(socket.clone());
+        config.reconnect_min = Duration::from_millis(100);
+        config.reconnect_max = Duration::from_millis(200);
+        let c = Computer::new(
+            "later",
+            AnyTransport::Ssh(Ssh::new(config)),
+            AnyScheduler::Slurm(Slurm),
+            "drover-tests",
+            Duration::from_secs(1),
+        )
+        .with_retry(RetryPolicy { attempts: 3, first_delay: Duration::from_millis(300) });
+        let h = launch(&local, spec(&unique("stall"), "echo", &["back"], dir.path()), &c);
+        wait_for("the stall", &h, |s| matches!(s, JobState::Stalled { .. })).await;
+        match h.state() {
+            JobState::Stalled { resume, error } => {
+                assert_eq!(*resume, JobState::Uploading);
+                assert!(error.contains("cannot reach"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(h.is_paused(), "a stalled process pauses itself");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(matches!(h.state(), JobState::Stalled { .. }), "nothing advances while stalled");
+
+        let master = std::process::Command::new("ssh")
+            .args(["-M", "-S", socket.to_str().unwrap(), "-o", "ControlPersist=yes", "-fN", SSH_HOST])
+            .status()
+            .unwrap();
+        assert!(master.success());
+        h.resume().unwrap();
+        let state = finish(h).await;
+        assert!(state.succeeded(), "{state:?}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("stdout.txt")).unwrap(), "back\n");
+        let _ =
+            std::process::Command::new("ssh").args(["-S", socket.to_str().unwrap(), "-O", "exit", SSH_HOST]).output();
+    });
+}

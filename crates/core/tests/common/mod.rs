@@ -38,6 +38,23 @@ pub enum Step {
     PauseSelf,
     /// Panics.
     Panic,
+    /// Waits in `interruptible` under a 1 ms timeout that elapses, then is busy
+    /// (not interruptible) for the duration.
+    LostWait(Duration),
+    /// Returns at once without changing state: a step that never waits.
+    Spin,
+    /// Holds a guard whose drop panics across an hour's wait.
+    Bomb,
+}
+
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the step's guard panicked on drop");
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,12 +92,14 @@ pub struct Job {
     pub state: JobState,
     pub steps: Vec<Step>,
     pub log: Log,
+    /// How long the pause and resume hooks take.
+    pub hook_delay: Duration,
 }
 
 impl Job {
     pub fn new(steps: Vec<Step>) -> (Job, Log) {
         let log = Log::default();
-        (Job { state: JobState::Ready(0), steps, log: log.clone() }, log)
+        (Job { state: JobState::Ready(0), steps, log: log.clone(), hook_delay: Duration::ZERO }, log)
     }
 
     fn after(&self, step: usize) -> JobState {
@@ -100,9 +119,15 @@ impl Process<JobState> for Job {
         self.state = JobState::Killed;
     }
     async fn pause(&mut self) {
+        if !self.hook_delay.is_zero() {
+            tokio::time::sleep(self.hook_delay).await;
+        }
         self.log.push(Event::Pause);
     }
     async fn resume(&mut self) {
+        if !self.hook_delay.is_zero() {
+            tokio::time::sleep(self.hook_delay).await;
+        }
         self.log.push(Event::Resume);
         if let JobState::SelfPaused(next) = self.state {
             self.state = if next >= self.steps.len() { JobState::Done } else { JobState::Ready(next) };
@@ -124,6 +149,22 @@ impl Process<JobState> for Job {
                 return;
             }
             Step::Panic => panic!("step {i} panicked on purpose"),
+            Step::LostWait(d) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(1),
+                    interruptible(tokio::time::sleep(Duration::from_secs(3600))),
+                )
+                .await;
+                tokio::time::sleep(d).await;
+            }
+            Step::Spin => {
+                self.log.0.lock().unwrap().pop();
+                return;
+            }
+            Step::Bomb => {
+                let _bomb = Bomb;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
         }
         self.log.push(Event::End(i));
         self.state = self.after(i);
