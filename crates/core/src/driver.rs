@@ -246,20 +246,21 @@ async fn run<S: State, H: Host<S>>(
         if snap.done {
             return Ok((End::Done, Some(snap.state)));
         }
-        let mut ctl = shared.lock();
-        Shared::publish(&mut ctl, snap.state);
-        if snap.paused {
-            // The process paused itself: no hook, a resume continues it.
-            ctl.paused = true;
-            ctl.want_paused = true;
-            ctl.pauses += 1;
-            shared.notify(ctl);
-        } else {
-            drop(ctl);
-            // A step that never waits must not starve the other tasks of its
-            // thread: yield once the task's cooperative budget is spent.
-            tokio::task::coop::consume_budget().await;
+        {
+            let mut ctl = shared.lock();
+            Shared::publish(&mut ctl, snap.state);
+            if snap.paused {
+                // The process paused itself: no hook, a resume continues it.
+                ctl.paused = true;
+                ctl.want_paused = true;
+                ctl.pauses += 1;
+                shared.notify(ctl);
+                continue;
+            }
         }
+        // A step that never waits must not starve the other tasks of its
+        // thread: yield once the task's cooperative budget is spent.
+        tokio::task::coop::consume_budget().await;
     }
 }
 
