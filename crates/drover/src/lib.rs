@@ -16,6 +16,10 @@ pub use drover_core::{
 #[cfg(feature = "shell")]
 pub use drover_shell as shell;
 
+/// Scheduler jobs on HPC clusters (feature `scheduler`, on by default).
+#[cfg(feature = "scheduler")]
+pub use drover_scheduler as scheduler;
+
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

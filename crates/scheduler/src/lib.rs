@@ -11,7 +11,33 @@
 //! - [`Computer`]: a transport, a scheduler, a work root, and what the
 //!   computer's processes share: one batched status [`Poller`] (one status
 //!   command per interval for all jobs) and one background [`Canceller`].
-//! - [`SchedulerProcess`]: the process kind, with its [`JobState`].
+//! - [`SchedulerProcess`]: the process kind, with its [`JobState`]:
+//!   `Created → Uploading → Submitting { job_name } → Queued { job_id } →
+//!   Running { job_id } → Retrieving { job_id, ended } → Finished { exit_code }`,
+//!   or `Failed { reason }`, `Killed { cancel_pending }`, and `Stalled` when
+//!   retries ran out (the process pauses itself; resume tries again).
+//!
+//! # Behaviour a user can rely on
+//!
+//! - Every step is idempotent and every state serialisable. `Submitting` is
+//!   recorded before `sbatch` runs; a process restored in it looks its job up
+//!   by name (`drover-<id>`) before submitting, so a job is never submitted twice.
+//! - One SSH master connection per computer, shared by all its processes;
+//!   at most [`SshConfig::max_channels`] commands at once; a broken connection
+//!   is reopened on next use, no sooner than its backoff allows.
+//! - One status command per polling interval per computer, whatever the number
+//!   of jobs; final states arrive in the same call (`squeue --states=all` while
+//!   SLURM remembers the job; the exit code from a file the job script writes).
+//! - Transport and scheduler failures that may pass are retried with
+//!   exponential backoff ([`RetryPolicy`]: 5 attempts from 4 s); refusals
+//!   (an unknown host, a refused key, a partition SLURM rejects) fail the
+//!   process at once with the remote's own message, and leave nothing behind.
+//! - Pause while queued or running stops following the job: the job keeps its
+//!   place in the queue and runs on; resume follows it again.
+//! - Kill cancels the job and waits until the scheduler confirms it, then
+//!   retrieves what the job wrote; when the computer cannot be reached, the
+//!   process ends at once as `Killed { cancel_pending: true }` and the
+//!   computer's [`Canceller`] keeps trying until SLURM confirms.
 
 mod computer;
 mod job;
@@ -24,7 +50,7 @@ mod transport;
 
 pub use computer::{Canceller, Computer};
 pub use job::{EXIT_CODE_FILE, InvalidJob, JobSpec, Resources, SCRIPT_FILE, STDERR_FILE, STDOUT_FILE, Source, Upload};
-pub use poller::{MIN_INTERVAL, PollError, Poller};
+pub use poller::{DEFAULT_INTERVAL, MIN_INTERVAL, PollError, Poller};
 pub use process::{JobState, SchedulerProcess};
 pub use quote::{quote, quote_all};
 pub use retry::RetryPolicy;

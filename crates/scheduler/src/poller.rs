@@ -14,6 +14,10 @@ use crate::transport::{AnyTransport, Transport};
 /// The shortest polling interval a computer may ask for.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The polling interval unless a computer asks for another: gentle on shared
+/// login nodes and scheduler controllers.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Why a wait for a job's status failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("polling job status failed: {message}")]
