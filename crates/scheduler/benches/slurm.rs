@@ -114,8 +114,13 @@ fn engine(jobs: usize, interval: Duration) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = Rc::new(LocalSet::new());
     let ssh = Ssh::new(SshConfig::new(HOST));
-    let computer =
-        Computer::new("bench", AnyTransport::Ssh(ssh.clone()), AnyScheduler::Slurm(Slurm), "drover-bench", interval);
+    let computer = Computer::new(
+        "bench",
+        AnyTransport::Ssh(ssh.clone()),
+        AnyScheduler::Slurm(Slurm::new()),
+        "drover-bench",
+        interval,
+    );
     let out_dir = tempfile::tempdir().unwrap();
     let cpu_before = rusage(libc::RUSAGE_SELF);
     let started = Instant::now();

@@ -48,6 +48,7 @@ struct Inner {
     waiting: Mutex<HashMap<String, Vec<Waiter>>>,
     running: AtomicBool,
     polls: AtomicUsize,
+    finals: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -68,6 +69,7 @@ impl Poller {
                 waiting: Mutex::default(),
                 running: AtomicBool::new(false),
                 polls: AtomicUsize::new(0),
+                finals: AtomicUsize::new(0),
             }),
         }
     }
@@ -80,6 +82,11 @@ impl Poller {
     /// How many status commands this poller has run.
     pub fn polls(&self) -> usize {
         self.inner.polls.load(Ordering::Relaxed)
+    }
+
+    /// How many final-state commands (`sacct`) this poller has run.
+    pub fn final_queries(&self) -> usize {
+        self.inner.finals.load(Ordering::Relaxed)
     }
 
     /// How many jobs someone waits for now.
@@ -112,6 +119,17 @@ impl Poller {
     }
 }
 
+async fn run_parsed(
+    inner: &Inner,
+    command: &str,
+    parse: impl FnOnce(&crate::scheduler::CmdOutput) -> Result<HashMap<String, JobStatus>, crate::scheduler::CommandFailed>,
+) -> Result<HashMap<String, JobStatus>, PollError> {
+    match inner.transport.run(command).await {
+        Ok(out) => parse(&out).map_err(|e| PollError { message: e.to_string(), transient: e.transient }),
+        Err(e) => Err(PollError { message: e.to_string(), transient: e.is_transient() }),
+    }
+}
+
 async fn run(weak: Weak<Inner>) {
     let interval = match weak.upgrade() {
         Some(inner) => inner.interval,
@@ -137,13 +155,20 @@ async fn run(weak: Weak<Inner>) {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let command = inner.scheduler.status(&refs);
         inner.polls.fetch_add(1, Ordering::Relaxed);
-        let result = match inner.transport.run(&command).await {
-            Ok(out) => inner
-                .scheduler
-                .parse_status(&out, &refs)
-                .map_err(|e| PollError { message: e.to_string(), transient: e.transient }),
-            Err(e) => Err(PollError { message: e.to_string(), transient: e.is_transient() }),
-        };
+        let mut result = run_parsed(&inner, &command, |out| inner.scheduler.parse_status(out, &refs)).await;
+        // Jobs that left the queue: one more call, for all of them, where the
+        // scheduler reports final states separately (`sacct`).
+        if let Ok(statuses) = &mut result {
+            let left: Vec<&str> =
+                refs.iter().copied().filter(|id| statuses.get(*id) == Some(&JobStatus::Unknown)).collect();
+            if let Some(command) = (!left.is_empty()).then(|| inner.scheduler.final_status(&left)).flatten() {
+                inner.finals.fetch_add(1, Ordering::Relaxed);
+                match run_parsed(&inner, &command, |out| inner.scheduler.parse_final(out, &left)).await {
+                    Ok(finals) => statuses.extend(finals),
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
         let mut waiting = inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(statuses) => {

@@ -106,6 +106,20 @@ pub trait Scheduler {
     ///
     /// When the status command itself failed.
     fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed>;
+    /// For jobs that left the queue, one command line that reports how they
+    /// ended, or `None` when [`status`](Scheduler::status) already does.
+    fn final_status(&self, _ids: &[&str]) -> Option<String> {
+        None
+    }
+    /// Reads how each of `ids` ended; a job the output does not mention stays
+    /// [`JobStatus::Unknown`].
+    ///
+    /// # Errors
+    ///
+    /// When the command itself failed.
+    fn parse_final(&self, _out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
+        Ok(ids.iter().map(|id| ((*id).to_owned(), JobStatus::Unknown)).collect())
+    }
     /// The command line that cancels job `id`.
     fn cancel(&self, id: &str) -> String;
     /// Checks the cancel command's output.
@@ -145,11 +159,28 @@ fn body(job: &JobSpec, wrap: &[String]) -> String {
 
 /// SLURM: `sbatch --parsable`, `squeue`, `scancel`.
 ///
-/// Final states come from `squeue --states=all` while SLURM remembers the job
-/// (`MinJobAge`), exit codes from the file the job script writes; both arrive
-/// in the same batched call as the status of running jobs.
+/// Without accounting ([`Slurm::new`]), final states come from
+/// `squeue --states=all` while SLURM remembers the job (`MinJobAge`), in the
+/// same batched call as the status of running jobs. With accounting
+/// ([`Slurm::with_accounting`]), `squeue` reports the jobs in the queue and one
+/// `sacct` call per interval reports how the jobs that left it ended. Either
+/// way the exit code comes from the file the job script writes.
 #[derive(Clone, Debug, Default)]
-pub struct Slurm;
+pub struct Slurm {
+    accounting: bool,
+}
+
+impl Slurm {
+    /// SLURM without accounting (`sacct` unavailable).
+    pub fn new() -> Slurm {
+        Slurm { accounting: false }
+    }
+
+    /// SLURM with accounting: final states from `sacct`.
+    pub fn with_accounting() -> Slurm {
+        Slurm { accounting: true }
+    }
+}
 
 impl Scheduler for Slurm {
     fn script(&self, job: &JobSpec) -> String {
@@ -216,7 +247,31 @@ impl Scheduler for Slurm {
     }
 
     fn status(&self, ids: &[&str]) -> String {
-        format!("squeue --states=all --noheader --format='%i|%T' --jobs={}", quote(&ids.join(",")))
+        let states = if self.accounting { "" } else { "--states=all " };
+        format!("squeue {states}--noheader --format='%i|%T' --jobs={}", quote(&ids.join(",")))
+    }
+
+    fn final_status(&self, ids: &[&str]) -> Option<String> {
+        self.accounting.then(|| {
+            format!("sacct --noheader --parsable2 --allocations --format=JobID,State --jobs={}", quote(&ids.join(",")))
+        })
+    }
+
+    fn parse_final(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
+        if out.status != 0 {
+            return Err(CommandFailed::from_output("sacct", out));
+        }
+        let mut map: HashMap<String, JobStatus> = ids.iter().map(|id| ((*id).to_owned(), JobStatus::Unknown)).collect();
+        for line in out.stdout.lines() {
+            let mut fields = line.trim().split('|');
+            let (Some(id), Some(state)) = (fields.next(), fields.next()) else { continue };
+            // `CANCELLED by 0`: the first word is the state.
+            let state = state.split_whitespace().next().unwrap_or("");
+            if let Some(slot) = map.get_mut(id) {
+                *slot = slurm_state(state);
+            }
+        }
+        Ok(map)
     }
 
     fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
@@ -379,6 +434,12 @@ impl Scheduler for AnyScheduler {
     }
     fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
         delegate!(self, s => s.parse_status(out, ids))
+    }
+    fn final_status(&self, ids: &[&str]) -> Option<String> {
+        delegate!(self, s => s.final_status(ids))
+    }
+    fn parse_final(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
+        delegate!(self, s => s.parse_final(out, ids))
     }
     fn cancel(&self, id: &str) -> String {
         delegate!(self, s => s.cancel(id))

@@ -30,13 +30,13 @@ fn job() -> JobSpec {
 
 #[test]
 fn slurm_script() {
-    insta::assert_snapshot!(Slurm.script(&job()));
+    insta::assert_snapshot!(Slurm::new().script(&job()));
 }
 
 #[test]
 fn slurm_minimal_script() {
     let job = JobSpec { id: "min".into(), command: "true".into(), ..JobSpec::default() };
-    insta::assert_snapshot!(Slurm.script(&job));
+    insta::assert_snapshot!(Slurm::new().script(&job));
 }
 
 #[test]
@@ -48,10 +48,10 @@ fn direct_script() {
 fn commands() {
     insta::assert_snapshot!(
         [
-            Slurm.submit("work dir/p-42"),
-            Slurm.lookup("drover-p-42", "x"),
-            Slurm.status(&["1", "2", "3"]),
-            Slurm.cancel("7"),
+            Slurm::new().submit("work dir/p-42"),
+            Slurm::new().lookup("drover-p-42", "x"),
+            Slurm::new().status(&["1", "2", "3"]),
+            Slurm::new().cancel("7"),
             Direct.submit("work dir/p-42"),
             Direct.lookup("drover-p-42", "work dir/p-42"),
             Direct.status(&["11", "12"]),
@@ -67,14 +67,14 @@ fn out(status: i32, stdout: &str, stderr: &str) -> CmdOutput {
 
 #[test]
 fn slurm_parses_submit_output() {
-    assert_eq!(Slurm.parse_submit(&out(0, "1234\n", "")), Ok("1234".into()));
-    assert_eq!(Slurm.parse_submit(&out(0, "1234;cluster\n", "")), Ok("1234".into()));
-    let refused = Slurm
+    assert_eq!(Slurm::new().parse_submit(&out(0, "1234\n", "")), Ok("1234".into()));
+    assert_eq!(Slurm::new().parse_submit(&out(0, "1234;cluster\n", "")), Ok("1234".into()));
+    let refused = Slurm::new()
         .parse_submit(&out(1, "", "sbatch: error: Batch job submission failed: Invalid partition name specified\n"))
         .unwrap_err();
     assert_eq!(refused.message, "sbatch: error: Batch job submission failed: Invalid partition name specified");
     assert!(!refused.transient);
-    let down = Slurm
+    let down = Slurm::new()
         .parse_submit(&out(
             1,
             "",
@@ -87,7 +87,7 @@ fn slurm_parses_submit_output() {
 #[test]
 fn slurm_parses_status_output() {
     let ids = ["1", "2", "3", "4", "5", "6", "7"];
-    let got = Slurm
+    let got = Slurm::new()
         .parse_status(&out(0, "1|PENDING\n2|RUNNING\n3|COMPLETED\n4|FAILED\n5|TIMEOUT\n6|CANCELLED\n", ""), &ids)
         .unwrap();
     assert_eq!(got["1"], JobStatus::Pending);
@@ -98,10 +98,10 @@ fn slurm_parses_status_output() {
     assert_eq!(got["6"], JobStatus::Done(Ended::Cancelled));
     assert_eq!(got["7"], JobStatus::Unknown);
     let forgotten =
-        Slurm.parse_status(&out(1, "", "slurm_load_jobs error: Invalid job id specified\n"), &["9"]).unwrap();
+        Slurm::new().parse_status(&out(1, "", "slurm_load_jobs error: Invalid job id specified\n"), &["9"]).unwrap();
     assert_eq!(forgotten["9"], JobStatus::Unknown);
     assert!(
-        Slurm
+        Slurm::new()
             .parse_status(&out(1, "", "slurm_load_jobs error: Unable to contact slurm controller"), &["9"])
             .unwrap_err()
             .transient
@@ -134,4 +134,24 @@ fn invalid_jobs_are_refused_with_the_field() {
     j.retrieve.push("../escape".into());
     check(j, "must be relative");
     assert!(job().validate().is_ok());
+}
+
+#[test]
+fn slurm_with_accounting_asks_sacct_for_the_jobs_that_left_the_queue() {
+    let slurm = Slurm::with_accounting();
+    assert_eq!(slurm.status(&["1", "2"]), "squeue --noheader --format='%i|%T' --jobs='1,2'");
+    assert_eq!(
+        slurm.final_status(&["1", "2"]).unwrap(),
+        "sacct --noheader --parsable2 --allocations --format=JobID,State --jobs='1,2'"
+    );
+    assert_eq!(Slurm::new().final_status(&["1"]), None);
+    let got =
+        slurm.parse_final(&out(0, "1|COMPLETED\n2|CANCELLED by 0\n3|TIMEOUT\n", ""), &["1", "2", "3", "4"]).unwrap();
+    assert_eq!(got["1"], JobStatus::Done(Ended::Completed));
+    assert_eq!(got["2"], JobStatus::Done(Ended::Cancelled));
+    assert_eq!(got["3"], JobStatus::Done(Ended::Timeout));
+    assert_eq!(got["4"], JobStatus::Unknown);
+    let off =
+        slurm.parse_final(&out(1, "", "sacct: error: Problem talking to the database: Connection refused"), &["1"]);
+    assert!(off.unwrap_err().message.contains("Problem talking to the database"));
 }

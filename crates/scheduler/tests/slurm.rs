@@ -168,12 +168,12 @@ async fn success_with_files(via: Via, scheduler: AnyScheduler) {
 
 #[test]
 fn a_job_succeeds_through_ssh_and_slurm_with_files_byte_for_byte() {
-    test(|_| success_with_files(Via::Ssh, AnyScheduler::Slurm(Slurm)));
+    test(|_| success_with_files(Via::Ssh, AnyScheduler::Slurm(Slurm::new())));
 }
 
 #[test]
 fn a_job_succeeds_through_the_local_transport_and_slurm() {
-    test(|_| success_with_files(Via::Local, AnyScheduler::Slurm(Slurm)));
+    test(|_| success_with_files(Via::Local, AnyScheduler::Slurm(Slurm::new())));
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn a_failing_job_reports_its_exit_code() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
         for via in [Via::Ssh, Via::Local] {
-            let c = computer(via, AnyScheduler::Slurm(Slurm));
+            let c = computer(via, AnyScheduler::Slurm(Slurm::new()));
             let state = finish(launch(&local, spec(&unique("exit"), "sh", &["-c", "exit 7"], dir.path()), &c)).await;
             assert!(matches!(state, JobState::Finished { exit_code: 7, .. }), "{via:?}: {state:?}");
         }
@@ -197,7 +197,7 @@ fn a_failing_job_reports_its_exit_code() {
 fn a_job_that_hits_its_wall_time_fails() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::new()));
         let mut job = spec(&unique("wall"), "sleep", &["600"], dir.path());
         job.resources.wall_time = Some(Duration::from_secs(60));
         let state = finish(launch(&local, job, &c)).await;
@@ -210,7 +210,7 @@ fn kill_cancels_a_queued_and_a_running_job_and_retrieves_what_it_wrote() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
         for via in [Via::Ssh, Via::Local] {
-            let c = computer(via, AnyScheduler::Slurm(Slurm));
+            let c = computer(via, AnyScheduler::Slurm(Slurm::new()));
             // Queued: held back by a start time an hour away.
             let queued_id = unique("kq");
             let mut job = spec(&queued_id, "sleep", &["600"], &dir.path().join("q"));
@@ -271,7 +271,7 @@ fn a_direct_job_is_killed_with_its_process_tree() {
 fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        let reachable = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let reachable = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::new()));
         let id = unique("ku");
         let h = launch(&local, spec(&id, "sleep", &["600"], dir.path()), &reachable);
         wait_for("running", &h, |s| matches!(s, JobState::Running { .. })).await;
@@ -286,7 +286,7 @@ fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
         let cut_off = Computer::new(
             "cut-off",
             AnyTransport::Ssh(Ssh::new(config)),
-            AnyScheduler::Slurm(Slurm),
+            AnyScheduler::Slurm(Slurm::new()),
             "drover-tests",
             Duration::from_secs(1),
         )
@@ -329,7 +329,7 @@ fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
 fn an_interrupted_submit_finds_its_job_by_name() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::new()));
         let id = unique("resub");
         let job = spec(&id, "true", &[], dir.path());
         // Run to `Submitting` and submit once, as a crashed engine would have.
@@ -359,7 +359,7 @@ fn an_interrupted_submit_finds_its_job_by_name() {
 fn bad_input_fails_with_the_remote_message_and_leaves_nothing() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::new()));
 
         // A partition SLURM does not know.
         let id = unique("badpart");
@@ -395,7 +395,7 @@ fn bad_input_fails_with_the_remote_message_and_leaves_nothing() {
             let bad = Computer::new(
                 "bad",
                 AnyTransport::Ssh(Ssh::new(config)),
-                AnyScheduler::Slurm(Slurm),
+                AnyScheduler::Slurm(Slurm::new()),
                 "x",
                 Duration::from_secs(1),
             )
@@ -418,7 +418,7 @@ fn one_connection_and_batched_polling_for_many_jobs() {
         let c = Computer::new(
             "batch",
             AnyTransport::Ssh(ssh.clone()),
-            AnyScheduler::Slurm(Slurm),
+            AnyScheduler::Slurm(Slurm::new()),
             "drover-tests",
             Duration::from_secs(1),
         )
@@ -443,7 +443,7 @@ fn one_connection_and_batched_polling_for_many_jobs() {
 fn pause_stops_following_and_resume_follows_again() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm));
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::new()));
         let h = launch(&local, spec(&unique("pause"), "sleep", &["3"], dir.path()), &c);
         wait_for("queued or running", &h, |s| matches!(s, JobState::Queued { .. } | JobState::Running { .. })).await;
         h.pause().await.unwrap();
@@ -470,7 +470,7 @@ fn retries_run_out_into_a_stall_and_resume_tries_again() {
         let c = Computer::new(
             "later",
             AnyTransport::Ssh(Ssh::new(config)),
-            AnyScheduler::Slurm(Slurm),
+            AnyScheduler::Slurm(Slurm::new()),
             "drover-tests",
             Duration::from_secs(1),
         )
