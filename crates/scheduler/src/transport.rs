@@ -358,6 +358,16 @@ impl Ssh {
         Ok(sftp)
     }
 
+    /// An SFTP error: the server's own refusal (no such file, permission
+    /// denied) is a file error; anything else means the channel or the
+    /// connection broke, and the next use reconnects.
+    async fn sftp_error(&self, op: &'static str, path: &str, e: openssh_sftp_client::Error) -> TransportError {
+        match e {
+            openssh_sftp_client::Error::SftpError(..) => file_error(self.host(), op, path, with_sources(&e)),
+            other => self.broken(format!("{op} `{path}`: {}", with_sources(&other))).await,
+        }
+    }
+
     /// Forgets a connection that failed, so that the next use reconnects.
     async fn broken(&self, error: impl std::fmt::Display) -> TransportError {
         let mut conn = self.inner.conn.lock().await;
@@ -393,10 +403,12 @@ impl Transport for Ssh {
     }
 
     async fn write(&self, remote: &str, data: &[u8]) -> Result<(), TransportError> {
-        let host = self.host().to_owned();
         let sftp = self.sftp().await?;
         let mut fs = sftp.fs();
-        fs.write(remote, data).await.map_err(|e| file_error(&host, "writing", remote, e))
+        match fs.write(remote, data).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.sftp_error("writing", remote, e).await),
+        }
     }
 
     async fn put(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
@@ -405,11 +417,17 @@ impl Transport for Ssh {
             .await
             .map_err(|e| file_error(&host, "reading", &local.display().to_string(), e))?;
         let sftp = self.sftp().await?;
-        let file = sftp.create(remote).await.map_err(|e| file_error(&host, "creating", remote, e))?;
+        let file = match sftp.create(remote).await {
+            Ok(file) => file,
+            Err(e) => return Err(self.sftp_error("creating", remote, e).await),
+        };
         let mut target = Box::pin(TokioCompatFile::new(file));
-        tokio::io::copy(&mut source, &mut target).await.map_err(|e| file_error(&host, "writing", remote, e))?;
-        target.shutdown().await.map_err(|e| file_error(&host, "writing", remote, e))?;
-        Ok(())
+        let copied = async {
+            tokio::io::copy(&mut source, &mut target).await?;
+            target.shutdown().await
+        };
+        // A stream that breaks mid-copy: the connection, most likely.
+        copied.await.map_err(|e| self.unreachable(format!("writing `{remote}`: {e}")))
     }
 
     async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
@@ -420,13 +438,15 @@ impl Transport for Ssh {
             Err(openssh_sftp_client::Error::SftpError(openssh_sftp_client::error::SftpErrorKind::NoSuchFile, _)) => {
                 return Ok(false);
             }
-            Err(e) => return Err(file_error(&host, "opening", remote, e)),
+            Err(e) => return Err(self.sftp_error("opening", remote, e).await),
         };
         let mut source = Box::pin(TokioCompatFile::new(file));
         let mut target = tokio::fs::File::create(local)
             .await
             .map_err(|e| file_error(&host, "creating", &local.display().to_string(), e))?;
-        tokio::io::copy(&mut source, &mut target).await.map_err(|e| file_error(&host, "reading", remote, e))?;
+        tokio::io::copy(&mut source, &mut target)
+            .await
+            .map_err(|e| self.unreachable(format!("reading `{remote}`: {e}")))?;
         target.flush().await.map_err(|e| file_error(&host, "writing", &local.display().to_string(), e))?;
         Ok(true)
     }
