@@ -62,6 +62,35 @@ fn services_up() {
     );
 }
 
+/// A computer reached through the ControlMaster socket `socket`, which does
+/// not exist yet: unreachable until [`open_master`] opens it.
+fn behind_master(socket: &Path, retry: RetryPolicy) -> Arc<Computer> {
+    let mut config = SshConfig::new(SSH_HOST);
+    config.control_path = Some(socket.to_owned());
+    config.reconnect_min = Duration::from_millis(100);
+    config.reconnect_max = Duration::from_millis(500);
+    Computer::new(
+        "behind-master",
+        AnyTransport::Ssh(Ssh::new(config)),
+        AnyScheduler::Slurm(Slurm::new()),
+        "drover-tests",
+        Duration::from_secs(1),
+    )
+    .with_retry(retry)
+}
+
+fn open_master(socket: &Path) {
+    let master = std::process::Command::new("ssh")
+        .args(["-M", "-S", socket.to_str().unwrap(), "-o", "ControlPersist=yes", "-fN", SSH_HOST])
+        .status()
+        .unwrap();
+    assert!(master.success());
+}
+
+fn close_master(socket: &Path) {
+    let _ = std::process::Command::new("ssh").args(["-S", socket.to_str().unwrap(), "-O", "exit", SSH_HOST]).output();
+}
+
 fn test<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
     services_up();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -279,18 +308,7 @@ fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
 
         // The same cluster through a ControlMaster socket that does not exist yet.
         let socket = dir.path().join("ctl");
-        let mut config = SshConfig::new(SSH_HOST);
-        config.control_path = Some(socket.clone());
-        config.reconnect_min = Duration::from_millis(200);
-        config.reconnect_max = Duration::from_secs(1);
-        let cut_off = Computer::new(
-            "cut-off",
-            AnyTransport::Ssh(Ssh::new(config)),
-            AnyScheduler::Slurm(Slurm::new()),
-            "drover-tests",
-            Duration::from_secs(1),
-        )
-        .with_retry(fast_retry());
+        let cut_off = behind_master(&socket, fast_retry());
         assert!(cut_off.transport.run("true").await.is_err());
         let spec2 = spec(&id, "sleep", &["600"], dir.path());
         let restored = SchedulerProcess::restore(spec2, cut_off.clone(), JobState::Running { job_id: job_id.clone() });
@@ -307,11 +325,7 @@ fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
         assert!(!live_jobs(&format!("drover-{id}")).is_empty(), "the job must still run while unreachable");
 
         // The cluster becomes reachable: a ControlMaster opens at that socket.
-        let master = std::process::Command::new("ssh")
-            .args(["-M", "-S", socket.to_str().unwrap(), "-o", "ControlPersist=yes", "-fN", SSH_HOST])
-            .status()
-            .unwrap();
-        assert!(master.success());
+        open_master(&socket);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !cut_off.canceller().pending().is_empty() {
             assert!(Instant::now() < deadline, "the background cancel never went through");
@@ -320,8 +334,7 @@ fn a_kill_while_the_computer_is_unreachable_ends_at_once_and_cancels_later() {
         assert_eq!(live_jobs(&format!("drover-{id}")), "");
         let state = finish(h).await;
         assert!(matches!(&state, JobState::Failed { reason, .. } if reason.contains("cancelled")), "{state:?}");
-        let _ =
-            std::process::Command::new("ssh").args(["-S", socket.to_str().unwrap(), "-O", "exit", SSH_HOST]).output();
+        close_master(&socket);
     });
 }
 
@@ -463,18 +476,7 @@ fn retries_run_out_into_a_stall_and_resume_tries_again() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("ctl");
-        let mut config = SshConfig::new(SSH_HOST);
-        config.control_path = Some(socket.clone());
-        config.reconnect_min = Duration::from_millis(100);
-        config.reconnect_max = Duration::from_millis(200);
-        let c = Computer::new(
-            "later",
-            AnyTransport::Ssh(Ssh::new(config)),
-            AnyScheduler::Slurm(Slurm::new()),
-            "drover-tests",
-            Duration::from_secs(1),
-        )
-        .with_retry(RetryPolicy { attempts: 3, first_delay: Duration::from_millis(300) });
+        let c = behind_master(&socket, RetryPolicy { attempts: 3, first_delay: Duration::from_millis(300) });
         let h = launch(&local, spec(&unique("stall"), "echo", &["back"], dir.path()), &c);
         wait_for("the stall", &h, |s| matches!(s, JobState::Stalled { .. })).await;
         match h.state() {
@@ -488,16 +490,11 @@ fn retries_run_out_into_a_stall_and_resume_tries_again() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(matches!(h.state(), JobState::Stalled { .. }), "nothing advances while stalled");
 
-        let master = std::process::Command::new("ssh")
-            .args(["-M", "-S", socket.to_str().unwrap(), "-o", "ControlPersist=yes", "-fN", SSH_HOST])
-            .status()
-            .unwrap();
-        assert!(master.success());
+        open_master(&socket);
         h.resume().unwrap();
         let state = finish(h).await;
         assert!(state.succeeded(), "{state:?}");
         assert_eq!(std::fs::read_to_string(dir.path().join("stdout.txt")).unwrap(), "back\n");
-        let _ =
-            std::process::Command::new("ssh").args(["-S", socket.to_str().unwrap(), "-O", "exit", SSH_HOST]).output();
+        close_master(&socket);
     });
 }
