@@ -215,9 +215,12 @@ fn a_failing_job_reports_its_exit_code() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
         for via in [Via::Ssh, Via::Local] {
-            let c = computer(via, AnyScheduler::Slurm(Slurm::new()));
-            let state = finish(launch(&local, spec(&unique("exit"), "sh", &["-c", "exit 7"], dir.path()), &c)).await;
-            assert!(matches!(state, JobState::Finished { exit_code: 7, .. }), "{via:?}: {state:?}");
+            for slurm in [Slurm::new(), Slurm::with_accounting()] {
+                let c = computer(via, AnyScheduler::Slurm(slurm.clone()));
+                let state =
+                    finish(launch(&local, spec(&unique("exit"), "sh", &["-c", "exit 7"], dir.path()), &c)).await;
+                assert!(matches!(state, JobState::Finished { exit_code: 7, .. }), "{via:?} {slurm:?}: {state:?}");
+            }
         }
     });
 }
@@ -226,11 +229,20 @@ fn a_failing_job_reports_its_exit_code() {
 fn a_job_that_hits_its_wall_time_fails() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::new()));
-        let mut job = spec(&unique("wall"), "sleep", &["600"], dir.path());
-        job.resources.wall_time = Some(Duration::from_secs(60));
-        let state = finish(launch(&local, job, &c)).await;
-        assert!(matches!(&state, JobState::Failed { reason, .. } if reason.contains("wall time")), "{state:?}");
+        // Side by side: the final state from `squeue --states=all`, and from `sacct`.
+        let handlers: Vec<_> = [Slurm::new(), Slurm::with_accounting()]
+            .into_iter()
+            .map(|slurm| {
+                let c = computer(Via::Ssh, AnyScheduler::Slurm(slurm));
+                let mut job = spec(&unique("wall"), "sleep", &["600"], dir.path());
+                job.resources.wall_time = Some(Duration::from_secs(60));
+                launch(&local, job, &c)
+            })
+            .collect();
+        for h in handlers {
+            let state = finish(h).await;
+            assert!(matches!(&state, JobState::Failed { reason, .. } if reason.contains("wall time")), "{state:?}");
+        }
     });
 }
 
@@ -496,5 +508,33 @@ fn retries_run_out_into_a_stall_and_resume_tries_again() {
         assert!(state.succeeded(), "{state:?}");
         assert_eq!(std::fs::read_to_string(dir.path().join("stdout.txt")).unwrap(), "back\n");
         close_master(&socket);
+    });
+}
+
+#[test]
+fn with_accounting_final_states_come_from_one_sacct_per_interval() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Slurm(Slurm::with_accounting()));
+        let started = Instant::now();
+        let handlers: Vec<_> = (0..6)
+            .map(|i| {
+                let code = (i % 2 * 2).to_string();
+                let job =
+                    spec(&unique("acct"), "sh", &["-c", "exit \"$1\"", "sh", &code], &dir.path().join(i.to_string()));
+                launch(&local, job, &c)
+            })
+            .collect();
+        for (i, h) in handlers.into_iter().enumerate() {
+            let state = finish(h).await;
+            let expected = (i % 2 * 2) as i32;
+            assert!(matches!(state, JobState::Finished { exit_code, .. } if exit_code == expected), "{state:?}");
+        }
+        let intervals = started.elapsed().as_secs_f64() / c.poller().interval().as_secs_f64();
+        let commands = c.transport.stats().by_program();
+        let sacct = commands.get("sacct").copied().unwrap_or(0);
+        assert!(sacct >= 1, "no sacct ran: {commands:?}");
+        assert_eq!(sacct, c.poller().final_queries());
+        assert!((sacct as f64) <= intervals + 2.0, "{sacct} sacct calls in {intervals:.1} intervals");
     });
 }
