@@ -91,14 +91,25 @@ fn close_master(socket: &Path) {
     let _ = std::process::Command::new("ssh").args(["-S", socket.to_str().unwrap(), "-O", "exit", SSH_HOST]).output();
 }
 
+thread_local! {
+    /// The jobs this test (each test runs on its own thread) launched.
+    static LAUNCHED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn test<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
     services_up();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = Rc::new(LocalSet::new());
-    local.block_on(&rt, f(local.clone()))
+    let out = local.block_on(&rt, f(local.clone()));
+    // After each test, nothing of ours is left in the queue.
+    for name in LAUNCHED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
+        assert_eq!(live_jobs(&name), "", "job {name} was left in the queue");
+    }
+    out
 }
 
 fn launch(local: &LocalSet, spec: JobSpec, computer: &Arc<Computer>) -> Handler {
+    LAUNCHED.with(|l| l.borrow_mut().push(spec.job_name()));
     let h = spawn_owned(local, SchedulerProcess::new(spec, computer.clone()), DriveMode::FireAndForget);
     h.try_nudge().unwrap();
     h
@@ -229,11 +240,13 @@ fn a_failing_job_reports_its_exit_code() {
 fn a_job_that_hits_its_wall_time_fails() {
     test(|local| async move {
         let dir = tempfile::tempdir().unwrap();
-        // Side by side: the final state from `squeue --states=all`, and from `sacct`.
-        let handlers: Vec<_> = [Slurm::new(), Slurm::with_accounting()]
+        // Side by side: the final state from `squeue --states=all` and from
+        // `sacct`, through SSH and locally.
+        let variants = [(Via::Ssh, Slurm::new()), (Via::Ssh, Slurm::with_accounting()), (Via::Local, Slurm::new())];
+        let handlers: Vec<_> = variants
             .into_iter()
-            .map(|slurm| {
-                let c = computer(Via::Ssh, AnyScheduler::Slurm(slurm));
+            .map(|(via, slurm)| {
+                let c = computer(via, AnyScheduler::Slurm(slurm));
                 let mut job = spec(&unique("wall"), "sleep", &["600"], dir.path());
                 job.resources.wall_time = Some(Duration::from_secs(60));
                 launch(&local, job, &c)
