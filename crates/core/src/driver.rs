@@ -98,6 +98,61 @@ pub(crate) trait Host<S: State> {
     type Output;
     fn apply(&mut self, op: Op) -> impl Future<Output = Snapshot<S>>;
     fn finish(self) -> Self::Output;
+    /// Makes a new state durable before the process goes on (see [`Recorder`]).
+    fn record(&mut self, _state: &S, _paused: bool) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
+}
+
+/// Makes a process's states durable: the runtime hands it every state the
+/// process enters (after a step, a pause, a resume, a kill) and waits until it
+/// returns before the process takes its next step or hook. So a side effect
+/// never starts before the state that announced it is recorded.
+///
+/// `paused` says whether the process is paused after this transition (by a
+/// request, or by itself), so that a restored process can stay paused.
+///
+/// The recorder owns its failures: it returns once the state is durable,
+/// retrying as it sees fit. A store that cannot record holds the process where
+/// it is, which is safer than running side effects nobody could resume.
+pub trait Recorder<S>: 'static {
+    /// Records `state`; returns once it is durable.
+    fn record(&self, state: &S, paused: bool) -> impl Future<Output = ()>;
+}
+
+/// Spawns `proc`, owned by the runtime, and records every state it enters with
+/// `recorder` before it takes its next step. Otherwise as [`spawn_owned`].
+pub fn spawn_recorded<S, P, R>(local: &LocalSet, proc: P, drive_mode: DriveMode, recorder: R) -> ProcessHandler<S, P>
+where
+    S: State,
+    P: Process<S> + 'static,
+    R: Recorder<S>,
+{
+    let (shared, done) = prepare(&proc, drive_mode);
+    local.spawn_local(drive(Recorded { host: Owned(proc), recorder }, AbortGuard(shared.clone()), done));
+    ProcessHandler::new(shared)
+}
+
+/// A host whose states a [`Recorder`] makes durable.
+pub(crate) struct Recorded<H, R> {
+    host: H,
+    recorder: R,
+}
+
+impl<S: State, H: Host<S>, R: Recorder<S>> Host<S> for Recorded<H, R> {
+    type Output = H::Output;
+
+    fn apply(&mut self, op: Op) -> impl Future<Output = Snapshot<S>> {
+        self.host.apply(op)
+    }
+
+    fn finish(self) -> H::Output {
+        self.host.finish()
+    }
+
+    fn record(&mut self, state: &S, paused: bool) -> impl Future<Output = ()> {
+        self.recorder.record(state, paused)
+    }
 }
 
 /// A process shared with the caller as `Rc<Mutex<P>>`.
@@ -196,10 +251,12 @@ async fn run<S: State, H: Host<S>>(
         let snap = match next_action(shared, &mut credit).await {
             Action::Kill => {
                 let snap = caught(host.apply(Op::Kill)).await?;
+                caught(host.record(&snap.state, false)).await?;
                 return Ok((End::Killed, Some(snap.state)));
             }
             Action::Pause => {
                 let snap = caught(host.apply(Op::Pause)).await?;
+                caught(host.record(&snap.state, !snap.done)).await?;
                 if snap.done {
                     return Ok((End::Done, Some(snap.state)));
                 }
@@ -213,6 +270,7 @@ async fn run<S: State, H: Host<S>>(
             }
             Action::Resume => {
                 let snap = caught(host.apply(Op::Resume)).await?;
+                caught(host.record(&snap.state, snap.paused && !snap.done)).await?;
                 if snap.done {
                     return Ok((End::Done, Some(snap.state)));
                 }
@@ -243,6 +301,7 @@ async fn run<S: State, H: Host<S>>(
             },
         };
         credit = false;
+        caught(host.record(&snap.state, snap.paused && !snap.done)).await?;
         if snap.done {
             return Ok((End::Done, Some(snap.state)));
         }

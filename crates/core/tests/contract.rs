@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::{Event, Job, JobState, Log, Step, settle};
-use drover_core::{DriveMode, Error, ProcessHandler, spawn, spawn_owned};
+use drover_core::{DriveMode, Error, ProcessHandler, Recorder, spawn, spawn_owned, spawn_recorded};
 use tokio::sync::Mutex;
 use tokio::task::LocalSet;
 use tokio::time::{Instant, timeout};
@@ -595,6 +595,54 @@ async fn a_step_whose_drop_panics_still_gets_its_kill_hook_and_reports_the_panic
         let result = handler.kill().await;
         assert_eq!(result, Err(Error::Panicked("the step's guard panicked on drop".into())));
         assert_eq!(log.count(&Event::Kill), 1, "the kill hook must still clean up");
+    })
+    .await;
+}
+
+// --- Recording states -------------------------------------------------------
+
+/// Records into the process's own log, slowly, so that a step that started
+/// before its state was durable would show up in the log's order.
+struct SlowRecorder(Log);
+
+impl Recorder<JobState> for SlowRecorder {
+    async fn record(&self, state: &JobState, paused: bool) {
+        tokio::time::sleep(5 * MS).await;
+        self.0.push(Event::Recorded(state.clone(), paused));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_state_is_recorded_before_the_next_step_or_hook() {
+    in_local(|local| async move {
+        let (proc, log) = Job::new(vec![Step::Compute, Step::Wait(HOUR), Step::Compute]);
+        let handler = spawn_recorded(&local, proc, DriveMode::FireAndForget, SlowRecorder(log.clone()));
+        handler.try_nudge().unwrap();
+        settle().await;
+        tokio::time::sleep(10 * MS).await;
+        handler.pause().await.unwrap();
+        handler.resume().unwrap();
+        tokio::time::sleep(10 * MS).await;
+        handler.kill().await.unwrap();
+        use JobState::*;
+        assert_eq!(
+            log.events(),
+            vec![
+                Event::Start(0),
+                Event::End(0),
+                Event::Recorded(Ready(1), false),
+                Event::Start(1),
+                Event::Pause,
+                Event::Recorded(Ready(1), true),
+                Event::Resume,
+                Event::Recorded(Ready(1), false),
+                Event::Start(1),
+                Event::Kill,
+                Event::Recorded(Killed, false),
+            ]
+        );
+        // The final state was durable before the kill returned.
+        assert_eq!(handler.join().await.unwrap().state, Killed);
     })
     .await;
 }

@@ -9,7 +9,8 @@
 //! ```
 
 pub use drover_core::{
-    DriveMode, Error, Interruptible, Pool, Process, ProcessHandler, State, interruptible, spawn, spawn_owned,
+    DriveMode, Error, Interruptible, Pool, Process, ProcessHandler, Recorder, State, interruptible, spawn, spawn_owned,
+    spawn_recorded,
 };
 
 /// Local shell processes under a governor (feature `shell`, on by default).

@@ -65,6 +65,8 @@ pub enum Event {
     Pause,
     Resume,
     Kill,
+    /// A recorder made this state durable (with the paused flag).
+    Recorded(JobState, bool),
 }
 
 #[derive(Clone, Default)]
