@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start or stop every real service drover's tests need: sshd first, then SLURM.
+# Start or stop every real service drover's tests need: sshd, SLURM, PostgreSQL.
 #
 #   scripts/services/all.sh start|stop|status
 #
@@ -12,9 +12,11 @@ case "${1:-}" in
 start)
     "$here/sshd.sh" start
     "$here/slurm.sh" start
+    "$here/postgres.sh" start
     ;;
 stop | status)
     rc=0
+    "$here/postgres.sh" "$1" || rc=1
     "$here/slurm.sh" "$1" || rc=1
     "$here/sshd.sh" "$1" || rc=1
     exit "$rc"

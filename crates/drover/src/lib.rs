@@ -21,6 +21,10 @@ pub use drover_shell as shell;
 #[cfg(feature = "scheduler")]
 pub use drover_scheduler as scheduler;
 
+/// The durable store (feature `store`, on by default).
+#[cfg(feature = "store")]
+pub use drover_store as store;
+
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

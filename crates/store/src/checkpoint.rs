@@ -1,0 +1,111 @@
+//! Versioned checkpoints: a process state in an envelope that says which
+//! version of its format it is.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A state that can be checkpointed. Its JSON is stored in an envelope
+/// `{"v": VERSION, "state": ...}`. When the format changes, bump `VERSION`,
+/// teach [`upgrade`](Checkpoint::upgrade) the old one, and keep a golden
+/// fixture of every version in `tests/fixtures/`.
+pub trait Checkpoint: Serialize + DeserializeOwned {
+    /// The process kind, as stored with each process.
+    const KIND: &'static str;
+    /// The current version of the format.
+    const VERSION: u32;
+
+    /// Turns the JSON of an older version into the current one.
+    ///
+    /// # Errors
+    ///
+    /// When `version` cannot be upgraded.
+    fn upgrade(version: u32, state: Value) -> Result<Value, String> {
+        let _ = state;
+        Err(format!("no upgrade from version {version}"))
+    }
+}
+
+/// Why a checkpoint cannot be read. Only the process concerned is affected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// Not a checkpoint envelope, or not valid for the kind.
+    #[error("corrupt {kind} checkpoint: {problem}")]
+    Corrupt {
+        /// The kind expected.
+        kind: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Written by a newer drover: refused, never guessed at.
+    #[error("{kind} checkpoint version {found} is newer than this drover knows (up to {known}): upgrade drover")]
+    TooNew {
+        /// The kind.
+        kind: String,
+        /// The version found.
+        found: u32,
+        /// The newest version known.
+        known: u32,
+    },
+    /// An older version that cannot be upgraded.
+    #[error("{kind} checkpoint version {found} cannot be upgraded: {problem}")]
+    Unsupported {
+        /// The kind.
+        kind: String,
+        /// The version found.
+        found: u32,
+        /// Why.
+        problem: String,
+    },
+}
+
+/// Encodes `state` in its envelope.
+///
+/// # Panics
+///
+/// Never for the derived `Serialize` of plain data; a `Serialize` that fails
+/// is a bug in the state type.
+pub fn encode<T: Checkpoint>(state: &T) -> String {
+    serde_json::json!({ "v": T::VERSION, "state": state }).to_string()
+}
+
+/// Decodes an envelope written by [`encode`], upgrading older versions.
+///
+/// # Errors
+///
+/// [`CheckpointError`], naming the kind and the problem.
+pub fn decode<T: Checkpoint>(text: &str) -> Result<T, CheckpointError> {
+    let corrupt = |problem: String| CheckpointError::Corrupt { kind: T::KIND.to_owned(), problem };
+    let mut envelope: Value = serde_json::from_str(text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+    let version = envelope
+        .get("v")
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| corrupt("no version field `v`".to_owned()))?;
+    let state = envelope.get_mut("state").map(Value::take).ok_or_else(|| corrupt("no `state` field".to_owned()))?;
+    if version > T::VERSION {
+        return Err(CheckpointError::TooNew { kind: T::KIND.to_owned(), found: version, known: T::VERSION });
+    }
+    let state = if version < T::VERSION {
+        T::upgrade(version, state).map_err(|problem| CheckpointError::Unsupported {
+            kind: T::KIND.to_owned(),
+            found: version,
+            problem,
+        })?
+    } else {
+        state
+    };
+    serde_json::from_value(state).map_err(|e| corrupt(e.to_string()))
+}
+
+#[cfg(feature = "shell")]
+impl Checkpoint for drover_shell::ShellState {
+    const KIND: &'static str = "shell";
+    const VERSION: u32 = 1;
+}
+
+#[cfg(feature = "scheduler")]
+impl Checkpoint for drover_scheduler::JobState {
+    const KIND: &'static str = "scheduler";
+    const VERSION: u32 = 1;
+}

@@ -1,0 +1,287 @@
+//! The store against SQLite files and a real PostgreSQL server (started by the
+//! README's test command; without it the PostgreSQL tests fail, loudly).
+
+use std::time::Duration;
+
+use drover_core::{DriveMode, Process, spawn_recorded};
+use drover_scheduler::JobState;
+use drover_shell::{Governor, ShellProcess, ShellSpec, ShellState};
+use drover_store::{CheckpointError, NewProcess, Store, StoreError, StoreRecorder, decode, encode};
+use tokio::task::LocalSet;
+
+const PG_URL_FILE: &str = "/tmp/drover-services/postgres/url";
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh PostgreSQL schema for one test, as a URL whose search path is it.
+async fn pg_url() -> String {
+    let url = std::env::var("DROVER_TEST_POSTGRES_URL")
+        .ok()
+        .or_else(|| std::fs::read_to_string(PG_URL_FILE).ok().map(|s| s.trim().to_owned()))
+        .expect(
+            "PostgreSQL for tests is not running: run `scripts/services/all.sh start` (the README's test command does)",
+        );
+    let schema = unique("t");
+    let pool = sqlx::PgPool::connect(&url).await.expect("PostgreSQL for tests does not accept connections");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&pool).await.unwrap();
+    format!("{url}?options=-csearch_path%3D{schema}")
+}
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn open(backend: &Backend, dir: &std::path::Path) -> Store {
+    match backend {
+        Backend::Sqlite => Store::open(dir.join("store.db").to_str().unwrap()).await.unwrap(),
+        Backend::Postgres => Store::open(&pg_url().await).await.unwrap(),
+    }
+}
+
+fn new_process(id: &str) -> NewProcess {
+    NewProcess {
+        id: id.into(),
+        kind: "shell".into(),
+        spec: r#"{"program":"true"}"#.into(),
+        parent: None,
+        checkpoint: encode(&ShellState::Queued),
+    }
+}
+
+async fn records_and_reads(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&backend, dir.path()).await;
+    store.insert(new_process("a")).await.unwrap();
+    store.insert(NewProcess { parent: Some("a".into()), ..new_process("b") }).await.unwrap();
+    assert_eq!(store.insert(new_process("a")).await, Err(StoreError::Duplicate("a".into())));
+    let running = ShellState::Running { pid: 42, started_at: std::time::UNIX_EPOCH + Duration::from_secs(1) };
+    store.record("a", encode(&running), false, false).await.unwrap();
+    let done = ShellState::Finished { exit_code: 0, ran_for: Duration::from_secs(2) };
+    store.record("a", encode(&done), false, true).await.unwrap();
+    store.record("b", encode(&ShellState::Queued), true, false).await.unwrap();
+    assert_eq!(store.record("nope", encode(&done), false, true).await, Err(StoreError::Unknown("nope".into())));
+
+    let a = store.get("a").await.unwrap().unwrap();
+    assert!(a.terminal);
+    assert_eq!(decode::<ShellState>(&a.checkpoint).unwrap(), done);
+    let b = store.get("b").await.unwrap().unwrap();
+    assert_eq!((b.parent.as_deref(), b.paused, b.terminal), (Some("a"), true, false));
+    assert_eq!(store.get("nope").await.unwrap(), None);
+
+    let unfinished: Vec<String> = store.unfinished().await.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(unfinished, vec!["b".to_owned()]);
+    let log: Vec<ShellState> =
+        store.events("a").await.unwrap().iter().map(|e| decode::<ShellState>(&e.checkpoint).unwrap()).collect();
+    assert_eq!(log, vec![ShellState::Queued, running, done]);
+    assert_eq!(store.count().await.unwrap(), 2);
+
+    // Reopened, it is all still there.
+    drop(store);
+    if let Backend::Sqlite = backend {
+        let store = Store::open(dir.path().join("store.db").to_str().unwrap()).await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(store.events("a").await.unwrap().len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn sqlite_records_and_reads() {
+    records_and_reads(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_records_and_reads() {
+    records_and_reads(Backend::Postgres).await;
+}
+
+async fn group_commits_are_durable_each(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&backend, dir.path()).await;
+    for i in 0..200 {
+        store.insert(new_process(&format!("p{i}"))).await.unwrap();
+    }
+    // 200 processes × 10 transitions, all at once: they share commits.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for step in 0..10 {
+                let state = ShellState::Finished { exit_code: step, ran_for: Duration::ZERO };
+                store.record(&format!("p{i}"), encode(&state), false, step == 9).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert!(store.unfinished().await.unwrap().is_empty());
+    for i in [0, 99, 199] {
+        let events = store.events(&format!("p{i}")).await.unwrap();
+        assert_eq!(events.len(), 11);
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_group_commits_are_durable_each() {
+    group_commits_are_durable_each(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_group_commits_are_durable_each() {
+    group_commits_are_durable_each(Backend::Postgres).await;
+}
+
+async fn a_running_process_records_every_state(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&backend, dir.path()).await;
+    let local = LocalSet::new();
+    local
+        .run_until(async {
+            let spec = ShellSpec::script("exit 5");
+            store.insert(new_process("job")).await.unwrap();
+            let proc = ShellProcess::new(spec, Governor::new(1));
+            let h = spawn_recorded(&local, proc, DriveMode::FireAndForget, StoreRecorder::new(store.clone(), "job"));
+            h.try_nudge().unwrap();
+            let done = h.join().await.unwrap();
+            // Durable before `join` returned.
+            let stored = store.get("job").await.unwrap().unwrap();
+            assert!(stored.terminal);
+            assert_eq!(decode::<ShellState>(&stored.checkpoint).unwrap(), done.state().clone());
+            let kinds: Vec<&'static str> = store
+                .events("job")
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| match decode::<ShellState>(&e.checkpoint).unwrap() {
+                    ShellState::Queued => "queued",
+                    ShellState::Running { .. } => "running",
+                    ShellState::Finished { exit_code: 5, .. } => "finished 5",
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(kinds, vec!["queued", "running", "finished 5"]);
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn sqlite_a_running_process_records_every_state() {
+    a_running_process_records_every_state(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_running_process_records_every_state() {
+    a_running_process_records_every_state(Backend::Postgres).await;
+}
+
+// --- Versioned checkpoints ---------------------------------------------------
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[test]
+fn golden_fixtures_pin_each_checkpoint_version() {
+    let shell = ShellState::Finished { exit_code: 3, ran_for: Duration::from_millis(2500) };
+    assert_eq!(decode::<ShellState>(&fixture("shell-v1.json")).unwrap(), shell);
+    assert_eq!(encode(&shell), fixture("shell-v1.json"), "the shell checkpoint format changed: bump its version");
+
+    let job = JobState::Stalled {
+        resume: Box::new(JobState::Submitting { job_name: "drover-relax-42".into() }),
+        error: "cannot reach login.example: connection refused".into(),
+    };
+    assert_eq!(decode::<JobState>(&fixture("scheduler-v1.json")).unwrap(), job);
+    assert_eq!(encode(&job), fixture("scheduler-v1.json"), "the scheduler checkpoint format changed: bump its version");
+}
+
+#[test]
+fn newer_and_corrupt_checkpoints_are_refused_loudly() {
+    assert_eq!(
+        decode::<ShellState>(&fixture("shell-v99.json")),
+        Err(CheckpointError::TooNew { kind: "shell".into(), found: 99, known: 1 })
+    );
+    let e = decode::<ShellState>("{\"v\":1,\"state\":{\"Running\":{}}}").unwrap_err();
+    assert!(matches!(&e, CheckpointError::Corrupt { kind, .. } if kind == "shell"), "{e}");
+    assert!(decode::<ShellState>("garbage").unwrap_err().to_string().contains("not JSON"));
+    assert!(decode::<ShellState>("{\"state\":\"Queued\"}").unwrap_err().to_string().contains("no version"));
+}
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_concerns_only_its_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    for id in ["good", "bad", "newer"] {
+        store.insert(new_process(id)).await.unwrap();
+    }
+    store.record("bad", "{\"v\":1,\"state\":{\"Nonsense\":1}}".into(), false, false).await.unwrap();
+    store.record("newer", fixture("shell-v99.json"), false, false).await.unwrap();
+    let loaded: Vec<(String, Result<ShellState, CheckpointError>)> =
+        store.unfinished().await.unwrap().into_iter().map(|p| (p.id, decode(&p.checkpoint))).collect();
+    assert_eq!(loaded.len(), 3);
+    for (id, state) in loaded {
+        match id.as_str() {
+            "good" => assert_eq!(state, Ok(ShellState::Queued)),
+            "bad" => assert!(matches!(state, Err(CheckpointError::Corrupt { .. })), "{state:?}"),
+            "newer" => assert!(matches!(state, Err(CheckpointError::TooNew { found: 99, .. })), "{state:?}"),
+            other => panic!("{other}"),
+        }
+    }
+}
+
+// --- Refusals ------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_file_that_is_not_a_drover_store_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "my precious notes\n").unwrap();
+    let e = Store::open(text.to_str().unwrap()).await.unwrap_err();
+    assert!(matches!(&e, StoreError::NotAStore { problem, .. } if problem.contains("not an SQLite database")), "{e}");
+    assert_eq!(std::fs::read_to_string(&text).unwrap(), "my precious notes\n");
+
+    let other = dir.path().join("other.db");
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", other.display())).await.unwrap();
+        sqlx::query("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)").execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO invoices (amount) VALUES (12.5)").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let before = std::fs::read(&other).unwrap();
+    let e = Store::open(other.to_str().unwrap()).await.unwrap_err();
+    assert!(matches!(&e, StoreError::NotAStore { problem, .. } if problem.contains("invoices")), "{e}");
+    assert!(e.to_string().contains("refusing to touch it"));
+    assert!(std::fs::read(&other).unwrap() == before, "a foreign database was modified");
+}
+
+#[tokio::test]
+async fn a_store_from_a_newer_drover_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    drop(Store::open(path.to_str().unwrap()).await.unwrap());
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        sqlx::query("UPDATE drover_meta SET value = '7' WHERE key = 'schema_version'").execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let e = Store::open(path.to_str().unwrap()).await.unwrap_err();
+    assert!(matches!(e, StoreError::TooNew { found: 7, known: 1, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn postgres_messages_never_show_the_password() {
+    let url = std::fs::read_to_string(PG_URL_FILE).expect("PostgreSQL for tests is not running").trim().to_owned();
+    let wrong = url.replacen("/drover", "/no_such_database", 1);
+    let e = Store::open(&wrong).await.unwrap_err();
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert!(!e.to_string().contains(password), "{e}");
+    assert!(e.to_string().contains("no_such_database"), "{e}");
+}
