@@ -84,17 +84,39 @@ pub(crate) struct Started {
 ///
 /// Dropping the future kills the child.
 pub async fn output(spec: &ShellSpec) -> Result<std::process::Output, StartError> {
-    let started = start_with(spec, true)?;
+    let started = start_with(spec, true, None)?;
     let program = spec.program.clone();
     started.child.wait_with_output().await.map_err(|source| StartError::Spawn { path: program.into(), source })
 }
 
 /// Starts the child described by `spec`.
 pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
-    start_with(spec, false)
+    start_with(spec, false, None)
 }
 
-fn start_with(spec: &ShellSpec, capture: bool) -> Result<Started, StartError> {
+/// The supervisor of a durable child: a `/bin/sh` that leads the process
+/// group, runs the command, and writes its exit code where a later engine
+/// finds it. `mkdir started` makes sure only one supervisor ever runs the
+/// command of a run directory, whatever crashed in between.
+const SUPERVISOR: &str = r#"d=$0
+mkdir "$d/started" 2>/dev/null || exit 97
+echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
+"$@"
+code=$?
+echo $code > "$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
+exit $code"#;
+
+/// The exit status of a supervisor that found its command already started.
+pub(crate) const ALREADY_STARTED: i32 = 97;
+
+/// Starts the child described by `spec` under a supervisor that records its
+/// pid and exit code in `run_dir`, so that it can be re-attached after the
+/// engine restarts. The checks and messages are those of [`start`].
+pub(crate) fn start_supervised(spec: &ShellSpec, run_dir: &Path) -> Result<Started, StartError> {
+    start_with(spec, false, Some(run_dir))
+}
+
+fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result<Started, StartError> {
     if let Some(cwd) = &spec.cwd {
         match std::fs::metadata(cwd) {
             Ok(meta) if meta.is_dir() => {}
@@ -119,8 +141,16 @@ fn start_with(spec: &ShellSpec, capture: bool) -> Result<Started, StartError> {
     };
 
     #[allow(clippy::disallowed_methods)] // this is the wrapper
-    let mut cmd = Command::new(&program);
-    cmd.args(&spec.args).stdin(stdin).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(true);
+    let mut cmd = match run_dir {
+        None => Command::new(&program),
+        Some(dir) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c").arg(SUPERVISOR).arg(dir).arg(&program);
+            sh
+        }
+    };
+    // A supervised child must outlive an engine that stops: it is re-attached.
+    cmd.args(&spec.args).stdin(stdin).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(run_dir.is_none());
     if spec.env.clear {
         cmd.env_clear();
     }

@@ -118,6 +118,14 @@ impl Drop for Waiting<'_> {
     }
 }
 
+impl Governor {
+    /// A slot outside the limit, for a child that already runs (a re-attached
+    /// one being killed): it must not wait behind the queue.
+    pub(crate) fn unlimited_slot(&self) -> Slot {
+        Slot { _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh semaphore has a permit") }
+    }
+}
+
 /// `MemAvailable` in bytes, or `None` where `/proc/meminfo` cannot tell.
 pub(crate) fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -34,6 +34,16 @@
 //!   Nothing is left running. A command that must outlive its job has to leave
 //!   the group itself (`setsid`).
 //!
+//! # Durable processes
+//!
+//! [`ShellProcess::durable`] runs the child under a small supervisor (a
+//! `/bin/sh` leading the group) that records the child's pid and exit code in a
+//! run directory, and leaves it running when the engine stops or crashes. The
+//! process passes through `Starting`, recorded before the child starts; a
+//! process restored with [`ShellProcess::restore`] re-attaches to its child (or
+//! reads the exit code it recorded) and never starts it twice: the supervisor
+//! refuses to run a command whose run directory says it already started.
+//!
 //! # The governor
 //!
 //! At most [`Governor::max_running`] children run at once (default: the number

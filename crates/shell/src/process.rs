@@ -1,6 +1,7 @@
 //! The shell process kind: its states and how it reacts to control.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +20,10 @@ use crate::spec::ShellSpec;
 pub enum ShellState {
     /// Waiting for the governor to admit its child.
     Queued,
+    /// Admitted, and about to start its child (durable processes only: this
+    /// state is recorded before the child starts, so that a restarted engine
+    /// re-attaches to the child instead of starting it again).
+    Starting,
     /// The child runs as the leader of process group `pid`.
     Running {
         /// The child's pid, which is also its process group.
@@ -77,13 +82,72 @@ pub struct ShellProcess {
     governor: Governor,
     state: ShellState,
     run: Option<Run>,
+    /// Durable processes: where the supervisor records the child's pid and
+    /// exit code.
+    run_dir: Option<PathBuf>,
+    /// The governor slot taken in `Queued`, held through `Starting`.
+    slot: Option<Slot>,
+}
+
+/// The leader of a process's group: our own child, or (after the engine
+/// restarted) a supervisor started by an earlier engine.
+#[derive(Debug)]
+enum Leader {
+    Child(Child),
+    Adopted { pid: u32 },
+}
+
+/// How a leader ended.
+enum Exit {
+    Status(ExitStatus),
+    /// An adopted leader's exit code, from its run directory; `None` if it
+    /// wrote none.
+    Recorded(Option<i32>),
+}
+
+impl Leader {
+    /// Waits for the leader to exit. An adopted one is not our child: its end
+    /// is seen by polling `/proc`, its exit code read from the run directory.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    async fn wait(&mut self, run_dir: Option<&Path>) -> std::io::Result<Exit> {
+        match self {
+            Leader::Child(child) => child.wait().await.map(Exit::Status),
+            Leader::Adopted { pid } => {
+                while alive(*pid) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Exit::Recorded(run_dir.and_then(recorded_exit)))
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned)))
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+fn recorded_exit(run_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(run_dir.join("exit")).ok()?.trim().parse().ok()
+}
+
+fn recorded_pid(run_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(run_dir.join("pid")).ok()?.trim().parse().ok()
 }
 
 /// A live child and what the process needs to control it.
 #[derive(Debug)]
 struct Run {
-    child: Child,
+    leader: Leader,
     pgid: u32,
+    /// Leave the group running when dropped (a durable child outlives its engine).
+    durable: bool,
     /// Running time before the last resume.
     ran: Duration,
     /// When it last started or resumed running.
@@ -106,9 +170,9 @@ impl Run {
     async fn terminate(&mut self, grace: Duration) {
         signal_group(self.pgid, Signal::SIGTERM);
         signal_group(self.pgid, Signal::SIGCONT);
-        let _ = tokio::time::timeout(grace, self.child.wait()).await;
+        let _ = tokio::time::timeout(grace, self.leader.wait(None)).await;
         self.end_group();
-        let _ = self.child.wait().await;
+        let _ = self.leader.wait(None).await;
     }
 
     /// Kills what is left of the process group (children the leader left behind).
@@ -118,16 +182,42 @@ impl Run {
 }
 
 impl Drop for Run {
-    /// No orphans, even when the process is dropped with its runtime.
+    /// No orphans, even when the process is dropped with its runtime; but a
+    /// durable child is left running, for the next engine to re-attach.
     fn drop(&mut self) {
-        self.end_group();
+        if !self.durable {
+            self.end_group();
+        }
     }
 }
 
 impl ShellProcess {
     /// A shell process that will run `spec` under `governor`.
     pub fn new(spec: ShellSpec, governor: Governor) -> ShellProcess {
-        ShellProcess { spec, governor, state: ShellState::Queued, run: None }
+        ShellProcess { spec, governor, state: ShellState::Queued, run: None, run_dir: None, slot: None }
+    }
+
+    /// A durable shell process: its child runs under a small supervisor that
+    /// records the child's pid and exit code in `run_dir` (one directory per
+    /// process), and outlives the engine. A process restored from a checkpoint
+    /// with [`ShellProcess::restore`] re-attaches to the child, or reads its
+    /// exit code, and never starts it twice.
+    ///
+    /// The exit code is the shell's: a command killed by signal N reports
+    /// 128 + N.
+    pub fn durable(spec: ShellSpec, governor: Governor, run_dir: impl Into<PathBuf>) -> ShellProcess {
+        ShellProcess { run_dir: Some(run_dir.into()), ..ShellProcess::new(spec, governor) }
+    }
+
+    /// A durable process restored in `state` (from a checkpoint) after the
+    /// engine restarted.
+    pub fn restore(
+        spec: ShellSpec,
+        governor: Governor,
+        run_dir: impl Into<PathBuf>,
+        state: ShellState,
+    ) -> ShellProcess {
+        ShellProcess { state, ..ShellProcess::durable(spec, governor, run_dir) }
     }
 
     /// What it runs.
@@ -137,23 +227,109 @@ impl ShellProcess {
 
     async fn start(&mut self) {
         let slot = interruptible(self.governor.acquire()).await;
+        if self.run_dir.is_some() {
+            // Recorded before the child starts: see `Starting`.
+            self.slot = Some(slot);
+            self.state = ShellState::Starting;
+            return;
+        }
         match command::start(&self.spec) {
-            Ok(started) => {
-                let started_at = SystemTime::now();
-                self.state = ShellState::Running { pid: started.pid, started_at };
-                self.run = Some(Run {
-                    child: started.child,
-                    pgid: started.pid,
-                    ran: Duration::ZERO,
-                    since: Instant::now(),
-                    _slot: slot,
-                });
-            }
+            Ok(started) => self.running(Leader::Child(started.child), started.pid, SystemTime::now(), slot),
             Err(e) => self.state = ShellState::Failed { reason: e.to_string() },
         }
     }
 
+    fn running(&mut self, leader: Leader, pid: u32, started_at: SystemTime, slot: Slot) {
+        self.state = ShellState::Running { pid, started_at };
+        self.run = Some(Run {
+            leader,
+            pgid: pid,
+            durable: self.run_dir.is_some(),
+            ran: Duration::ZERO,
+            since: Instant::now(),
+            _slot: slot,
+        });
+    }
+
+    /// `Starting`: start the supervised child, unless an earlier engine did.
+    async fn launch(&mut self) {
+        let Some(run_dir) = self.run_dir.clone() else { return };
+        let slot = match self.slot.take() {
+            Some(slot) => slot,
+            None => interruptible(self.governor.acquire()).await,
+        };
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            self.state =
+                ShellState::Failed { reason: format!("cannot create run directory `{}`: {e}", run_dir.display()) };
+            return;
+        }
+        if !run_dir.join("started").exists() {
+            match command::start_supervised(&self.spec, &run_dir) {
+                Ok(started) => {
+                    let mut child = started.child;
+                    // Lost the race to a supervisor an earlier engine started?
+                    let lost = matches!(child.try_wait(), Ok(Some(status)) if status.code() == Some(command::ALREADY_STARTED))
+                        || (tokio::time::timeout(Duration::from_millis(50), child.wait()).await)
+                            .is_ok_and(|s| s.is_ok_and(|s| s.code() == Some(command::ALREADY_STARTED)));
+                    if !lost {
+                        return self.running(Leader::Child(child), started.pid, SystemTime::now(), slot);
+                    }
+                }
+                Err(e) => {
+                    self.state = ShellState::Failed { reason: e.to_string() };
+                    return;
+                }
+            }
+        }
+        // Started by an earlier engine: re-attach.
+        self.adopt(&run_dir, None, slot).await;
+    }
+
+    /// Re-attaches to the supervisor recorded in `run_dir` (or `pid`), or, if
+    /// it has ended, takes the exit code it recorded.
+    async fn adopt(&mut self, run_dir: &Path, pid: Option<u32>, slot: Slot) {
+        let mut pid = pid.or_else(|| recorded_pid(run_dir));
+        // A supervisor writes its pid right after it starts.
+        for _ in 0..20 {
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pid = recorded_pid(run_dir);
+        }
+        let started_at = match self.state {
+            ShellState::Running { started_at, .. } | ShellState::Paused { started_at, .. } => started_at,
+            _ => SystemTime::now(),
+        };
+        match pid {
+            Some(pid) if alive(pid) => self.running(Leader::Adopted { pid }, pid, started_at, slot),
+            _ => {
+                self.state = match recorded_exit(run_dir) {
+                    Some(exit_code) => ShellState::Finished { exit_code, ran_for: Duration::ZERO },
+                    None => ShellState::Failed {
+                        reason: format!(
+                            "the child ended while no engine watched it, without an exit code in `{}`",
+                            run_dir.display()
+                        ),
+                    },
+                };
+            }
+        }
+    }
+
     async fn wait(&mut self) {
+        if self.run.is_none() {
+            if let (Some(run_dir), ShellState::Running { pid, .. }) = (self.run_dir.clone(), &self.state) {
+                // Restored: re-attach to the child an earlier engine started.
+                let pid = *pid;
+                let slot = interruptible(self.governor.acquire()).await;
+                self.adopt(&run_dir, Some(pid), slot).await;
+                if self.run.is_none() {
+                    return;
+                }
+            }
+        }
+        let run_dir = self.run_dir.clone();
         let Some(run) = self.run.as_mut() else {
             self.state =
                 ShellState::Failed { reason: "the child process is no longer known to this engine".to_owned() };
@@ -162,15 +338,23 @@ impl ShellProcess {
         let deadline = self.spec.timeout.map(|t| run.since + t.saturating_sub(run.ran));
         let exited = interruptible(async {
             match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, run.child.wait()).await.ok(),
-                None => Some(run.child.wait().await),
+                Some(deadline) => tokio::time::timeout_at(deadline, run.leader.wait(run_dir.as_deref())).await.ok(),
+                None => Some(run.leader.wait(run_dir.as_deref()).await),
             }
         })
         .await;
         self.state = match exited {
-            Some(Ok(status)) => {
+            Some(Ok(Exit::Status(status))) => {
                 run.end_group();
                 exit_state(status, run.ran_for())
+            }
+            Some(Ok(Exit::Recorded(Some(exit_code)))) => {
+                run.end_group();
+                ShellState::Finished { exit_code, ran_for: run.ran_for() }
+            }
+            Some(Ok(Exit::Recorded(None))) => {
+                run.end_group();
+                ShellState::Failed { reason: "the re-attached child ended without recording its exit code".to_owned() }
             }
             Some(Err(e)) => {
                 run.terminate(self.spec.kill_grace).await;
@@ -209,9 +393,26 @@ impl Process<ShellState> for ShellProcess {
     /// Ends the process tree (`SIGTERM`, then `SIGKILL` after the grace period)
     /// and waits for the child to be reaped. A queued process never starts.
     async fn kill(&mut self) {
+        if self.run.is_none() {
+            // Restored and not re-attached yet: the group is the recorded pid.
+            if let ShellState::Running { pid, .. } | ShellState::Paused { pid, .. } = self.state {
+                if self.run_dir.is_some() && alive(pid) {
+                    let run = Run {
+                        leader: Leader::Adopted { pid },
+                        pgid: pid,
+                        durable: true,
+                        ran: Duration::ZERO,
+                        since: Instant::now(),
+                        _slot: self.governor.unlimited_slot(),
+                    };
+                    self.run = Some(run);
+                }
+            }
+        }
         if let Some(mut run) = self.run.take() {
             Box::pin(run.terminate(self.spec.kill_grace)).await;
         }
+        self.slot = None;
         self.state = ShellState::Killed;
     }
 
@@ -227,6 +428,15 @@ impl Process<ShellState> for ShellProcess {
 
     /// Continues the process group with `SIGCONT`.
     async fn resume(&mut self) {
+        if let (ShellState::Paused { pid, .. }, None, Some(_)) = (&self.state, &self.run, &self.run_dir) {
+            // Restored paused: continue the group, and re-attach at the next step.
+            let pid = *pid;
+            signal_group(pid, Signal::SIGCONT);
+            if let ShellState::Paused { pid, started_at } = self.state {
+                self.state = ShellState::Running { pid, started_at };
+            }
+            return;
+        }
         if let (ShellState::Paused { pid, started_at }, Some(run)) = (&self.state, self.run.as_mut()) {
             signal_group(run.pgid, Signal::SIGCONT);
             run.since = Instant::now();
@@ -240,6 +450,7 @@ impl Process<ShellState> for ShellProcess {
     async fn advance(&mut self) {
         match self.state {
             ShellState::Queued => self.start().await,
+            ShellState::Starting => Box::pin(self.launch()).await,
             // Boxed: at most `max_running` processes wait for a child at once, and
             // the wait's timer and termination would otherwise make every queued
             // process's task as large as a running one's.

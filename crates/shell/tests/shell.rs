@@ -387,3 +387,148 @@ fn pause_and_kill_reach_any_of_10000_queued_processes_at_once() {
         assert_eq!(g.running(), 0);
     });
 }
+
+// --- Durable processes: re-attached after the engine restarts ---------------
+
+/// Runs `f` on a fresh runtime and `LocalSet`, then drops both, as an engine
+/// that stops (or crashes) would: durable children stay alive.
+fn engine_life<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
+    test(f)
+}
+
+fn marker_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn a_durable_child_outlives_its_engine_and_is_reattached() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let marker = dir.path().join("marker");
+    let spec = ShellSpec::script(format!("echo ran >> '{}'; sleep 1; exit 4", marker.display()));
+    let governor = Governor::new(2);
+
+    // First engine: starts the child, then goes away mid-run.
+    let running = engine_life(|local| {
+        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
+        async move {
+            let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            wait_until("running", || running_pid(&h).is_some()).await;
+            h.state()
+        }
+    });
+    let ShellState::Running { pid, .. } = running else { panic!("{running:?}") };
+    assert!(!group_members(pid).is_empty(), "the child survives its engine");
+
+    // Second engine: restores the recorded state and re-attaches.
+    let state = engine_life(|local| async move {
+        let proc = ShellProcess::restore(spec, governor, run_dir, running);
+        finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+    });
+    assert!(matches!(state, ShellState::Finished { exit_code: 4, .. }), "{state:?}");
+    assert_eq!(marker_lines(&marker), 1, "the command ran twice");
+    assert_eq!(group_members(pid), vec![]);
+}
+
+#[test]
+fn a_restart_in_starting_adopts_the_child_instead_of_starting_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let marker = dir.path().join("marker");
+    let spec = ShellSpec::script(format!("echo ran >> '{}'; sleep 0.5; exit 0", marker.display()));
+    let governor = Governor::new(2);
+    // The engine recorded `Starting`, started the child, and crashed before
+    // it recorded `Running`.
+    engine_life(|local| {
+        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
+        async move {
+            let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::Step);
+            h.nudge().await.unwrap();
+            wait_until("starting", || h.state() == ShellState::Starting).await;
+            h.nudge().await.unwrap();
+            wait_until("running", || running_pid(&h).is_some()).await;
+        }
+    });
+    let state = engine_life(|local| async move {
+        let proc = ShellProcess::restore(spec, governor, run_dir, ShellState::Starting);
+        finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+    });
+    assert!(state.succeeded(), "{state:?}");
+    assert_eq!(marker_lines(&marker), 1, "the command ran twice");
+}
+
+#[test]
+fn a_child_that_ended_while_no_engine_watched_reports_its_recorded_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let spec = ShellSpec::script("exit 9");
+    let governor = Governor::new(2);
+    let running = engine_life(|local| {
+        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
+        async move {
+            let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::Step);
+            h.nudge().await.unwrap();
+            wait_until("starting", || h.state() == ShellState::Starting).await;
+            h.nudge().await.unwrap();
+            wait_until("running", || running_pid(&h).is_some()).await;
+            h.state()
+        }
+    });
+    // Long enough for the child to end while nobody watches.
+    std::thread::sleep(Duration::from_millis(300));
+    let state = engine_life(|local| async move {
+        let proc = ShellProcess::restore(spec, governor, run_dir, running);
+        finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+    });
+    assert!(matches!(state, ShellState::Finished { exit_code: 9, .. }), "{state:?}");
+}
+
+#[test]
+fn a_restored_running_child_can_be_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let spec = ShellSpec::script("sleep 1000 & sleep 1000");
+    let governor = Governor::new(2);
+    let running = engine_life(|local| {
+        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
+        async move {
+            let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            wait_until("running", || running_pid(&h).is_some()).await;
+            let pgid = running_pid(&h).unwrap();
+            wait_until("all started", || group_members(pgid).len() == 4).await;
+            h.state()
+        }
+    });
+    let ShellState::Running { pid, .. } = running else { panic!("{running:?}") };
+    engine_life(|local| async move {
+        let h = spawn_owned(&local, ShellProcess::restore(spec, governor, run_dir, running), DriveMode::Step);
+        h.kill().await.unwrap();
+        assert_eq!(h.state(), ShellState::Killed);
+    });
+    assert_eq!(group_members(pid), vec![], "a process of the restored tree is left");
+}
+
+#[test]
+fn a_start_whose_record_was_lost_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(run_dir.join("started")).unwrap();
+    let state = engine_life(|local| async move {
+        let proc = ShellProcess::restore(ShellSpec::script("exit 0"), Governor::new(1), run_dir, ShellState::Starting);
+        finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+    });
+    assert!(matches!(&state, ShellState::Failed { reason } if reason.contains("without an exit code")), "{state:?}");
+}
+
+trait TapNudge {
+    fn tap_nudge(self) -> Self;
+}
+
+impl TapNudge for Handler {
+    fn tap_nudge(self) -> Self {
+        self.try_nudge().unwrap();
+        self
+    }
+}

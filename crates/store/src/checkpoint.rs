@@ -101,7 +101,15 @@ pub fn decode<T: Checkpoint>(text: &str) -> Result<T, CheckpointError> {
 #[cfg(feature = "shell")]
 impl Checkpoint for drover_shell::ShellState {
     const KIND: &'static str = "shell";
-    const VERSION: u32 = 1;
+    /// 2 added `Starting` (durable shell processes); 1 reads as it is.
+    const VERSION: u32 = 2;
+
+    fn upgrade(version: u32, state: Value) -> Result<Value, String> {
+        match version {
+            1 => Ok(state),
+            other => Err(format!("no shell checkpoint version {other} ever existed")),
+        }
+    }
 }
 
 #[cfg(feature = "scheduler")]
