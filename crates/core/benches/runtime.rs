@@ -342,11 +342,16 @@ fn throughput(sizes: &Sizes) {
     };
     let shared = || {
         timed(|local| async move {
+            // Each process is launched as it is spawned, as a user launches one.
             let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
-            let handlers: Vec<_> = procs.iter().map(|p| spawn(&local, p, DriveMode::FireAndForget)).collect();
-            for h in &handlers {
-                h.try_nudge().unwrap();
-            }
+            let handlers: Vec<_> = procs
+                .iter()
+                .map(|p| {
+                    let h = spawn(&local, p, DriveMode::FireAndForget);
+                    h.try_nudge().unwrap();
+                    h
+                })
+                .collect();
             for h in handlers {
                 h.until_completion().await;
             }
@@ -355,11 +360,13 @@ fn throughput(sizes: &Sizes) {
     };
     let owned = || {
         timed(|local| async move {
-            let handlers: Vec<_> =
-                (0..n as i32).map(|i| spawn_owned(&local, AddProc::new(i, 4), DriveMode::FireAndForget)).collect();
-            for h in &handlers {
-                h.try_nudge().unwrap();
-            }
+            let handlers: Vec<_> = (0..n as i32)
+                .map(|i| {
+                    let h = spawn_owned(&local, AddProc::new(i, 4), DriveMode::FireAndForget);
+                    h.try_nudge().unwrap();
+                    h
+                })
+                .collect();
             for h in handlers {
                 assert!(h.join().await.unwrap().output.is_some());
             }
@@ -368,10 +375,14 @@ fn throughput(sizes: &Sizes) {
     let seed = || {
         timed(|local| async move {
             let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
-            let handlers: Vec<_> = procs.iter().map(|p| seed_design::spawn(&local, p)).collect();
-            for h in &handlers {
-                h.try_nudge().unwrap();
-            }
+            let handlers: Vec<_> = procs
+                .iter()
+                .map(|p| {
+                    let h = seed_design::spawn(&local, p);
+                    h.try_nudge().unwrap();
+                    h
+                })
+                .collect();
             for h in handlers {
                 h.until_completion().await;
             }
