@@ -133,6 +133,30 @@ where
     ProcessHandler::new(shared)
 }
 
+/// As [`spawn_recorded`], for a process restored from a store where it was
+/// paused by a request: it starts paused, without running its pause hook
+/// again, and a resume runs its resume hook.
+pub fn spawn_recorded_paused<S, P, R>(
+    local: &LocalSet,
+    proc: P,
+    drive_mode: DriveMode,
+    recorder: R,
+) -> ProcessHandler<S, P>
+where
+    S: State,
+    P: Process<S> + 'static,
+    R: Recorder<S>,
+{
+    let (shared, done) = prepare(&proc, drive_mode);
+    if !done {
+        let mut ctl = shared.lock();
+        ctl.paused = true;
+        ctl.want_paused = true;
+    }
+    local.spawn_local(drive(Recorded { host: Owned(proc), recorder }, AbortGuard(shared.clone()), done));
+    ProcessHandler::new(shared)
+}
+
 /// A host whose states a [`Recorder`] makes durable.
 pub(crate) struct Recorded<H, R> {
     host: H,

@@ -68,7 +68,7 @@ mod pool;
 mod process;
 mod shared;
 
-pub use driver::{Recorder, spawn, spawn_owned, spawn_recorded};
+pub use driver::{Recorder, spawn, spawn_owned, spawn_recorded, spawn_recorded_paused};
 pub use error::Error;
 pub use handler::ProcessHandler;
 pub use interrupt::{Interruptible, interruptible};

@@ -6,7 +6,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::{Event, Job, JobState, Log, Step, settle};
-use drover_core::{DriveMode, Error, ProcessHandler, Recorder, spawn, spawn_owned, spawn_recorded};
+use drover_core::{
+    DriveMode, Error, ProcessHandler, Recorder, spawn, spawn_owned, spawn_recorded, spawn_recorded_paused,
+};
 use tokio::sync::Mutex;
 use tokio::task::LocalSet;
 use tokio::time::{Instant, timeout};
@@ -643,6 +645,33 @@ async fn every_state_is_recorded_before_the_next_step_or_hook() {
         );
         // The final state was durable before the kill returned.
         assert_eq!(handler.join().await.unwrap().state, Killed);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_restored_paused_stays_paused_until_resumed() {
+    in_local(|local| async move {
+        let (mut proc, log) = Job::new(vec![Step::Compute, Step::Compute]);
+        proc.state = JobState::Ready(1);
+        let handler = spawn_recorded_paused(&local, proc, DriveMode::FireAndForget, SlowRecorder(log.clone()));
+        handler.try_nudge().unwrap();
+        tokio::time::sleep(HOUR).await;
+        assert!(handler.is_paused());
+        assert_eq!(log.events(), vec![], "no hook, no step while restored paused");
+        handler.resume().unwrap();
+        assert_eq!(handler.join().await.unwrap().state, JobState::Done);
+        use JobState::*;
+        assert_eq!(
+            log.events(),
+            vec![
+                Event::Resume,
+                Event::Recorded(Ready(1), false),
+                Event::Start(1),
+                Event::End(1),
+                Event::Recorded(Done, false)
+            ]
+        );
     })
     .await;
 }

@@ -88,6 +88,9 @@ pub struct StoredProcess {
     pub created_at: i64,
     /// When it last changed (Unix milliseconds).
     pub updated_at: i64,
+    /// Why an engine could not load or resume it (a corrupt checkpoint, an
+    /// unknown computer), if one could not.
+    pub error: Option<String>,
 }
 
 /// One transition in a process's event log.
@@ -162,7 +165,8 @@ const SQLITE_SCHEMA: &[&str] = &[
         paused BOOLEAN NOT NULL,
         terminal BOOLEAN NOT NULL,
         created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL
+        updated_at BIGINT NOT NULL,
+        error TEXT
     )",
     "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal",
     "CREATE TABLE events (
@@ -186,7 +190,8 @@ const POSTGRES_SCHEMA: &[&str] = &[
         paused BOOLEAN NOT NULL,
         terminal BOOLEAN NOT NULL,
         created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL
+        updated_at BIGINT NOT NULL,
+        error TEXT
     )",
     "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal",
     "CREATE TABLE events (
@@ -364,13 +369,35 @@ impl Store {
         self.write(Write::Record { id: id.to_owned(), checkpoint, paused, terminal }).await
     }
 
+    /// Marks a process that an engine could not load or resume, keeping its
+    /// checkpoint as it is (nothing is lost: a fixed drover can load it later).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unknown`], [`StoreError::Db`].
+    pub async fn mark_error(&self, id: &str, error: &str) -> Result<(), StoreError> {
+        let updated = on_db!(&self.db, pool => {
+            sqlx::query("UPDATE processes SET error = $1 WHERE id = $2")
+                .bind(error)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map_err(|e| self.db_err(e))?
+                .rows_affected()
+        });
+        if updated == 0 {
+            return Err(StoreError::Unknown(id.to_owned()));
+        }
+        Ok(())
+    }
+
     /// One process.
     ///
     /// # Errors
     ///
     /// [`StoreError::Db`].
     pub async fn get(&self, id: &str) -> Result<Option<StoredProcess>, StoreError> {
-        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
                            FROM processes WHERE id = $1";
         let row = on_db!(&self.db, pool => {
             sqlx::query(SQL).bind(id).fetch_optional(pool).await.map_err(|e| self.db_err(e))?.map(|r| process(&r))
@@ -384,7 +411,7 @@ impl Store {
     ///
     /// [`StoreError::Db`].
     pub async fn unfinished(&self) -> Result<Vec<StoredProcess>, StoreError> {
-        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
                            FROM processes WHERE NOT terminal ORDER BY created_at, id";
         Ok(on_db!(&self.db, pool => {
             sqlx::query(SQL).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
@@ -499,6 +526,7 @@ where
         terminal: r.get("terminal"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        error: r.get("error"),
     }
 }
 
