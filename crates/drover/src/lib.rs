@@ -10,7 +10,7 @@
 
 pub use drover_core::{
     DriveMode, Error, Interruptible, Pool, Process, ProcessHandler, Recorder, State, interruptible, spawn, spawn_owned,
-    spawn_recorded,
+    spawn_recorded, spawn_recorded_paused,
 };
 
 /// Local shell processes under a governor (feature `shell`, on by default).
@@ -24,6 +24,11 @@ pub use drover_scheduler as scheduler;
 /// The durable store (feature `store`, on by default).
 #[cfg(feature = "store")]
 pub use drover_store as store;
+
+/// The engine: submission through the store, recovery after a crash
+/// (feature `engine`, on by default).
+#[cfg(feature = "engine")]
+pub use drover_engine as engine;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
