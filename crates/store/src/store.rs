@@ -154,55 +154,40 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-const SQLITE_SCHEMA: &[&str] = &[
-    "CREATE TABLE drover_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE processes (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        parent TEXT REFERENCES processes(id),
-        checkpoint TEXT NOT NULL,
-        paused BOOLEAN NOT NULL,
-        terminal BOOLEAN NOT NULL,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL,
-        error TEXT
-    )",
-    "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal",
-    "CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        process_id TEXT NOT NULL REFERENCES processes(id),
-        at BIGINT NOT NULL,
-        checkpoint TEXT NOT NULL,
-        paused BOOLEAN NOT NULL
-    )",
-    "CREATE INDEX events_process ON events (process_id, seq)",
-];
+/// The schema, the same for both backends but for the type of the event
+/// log's sequence column.
+fn schema(serial_key: &str) -> Vec<String> {
+    vec![
+        "CREATE TABLE drover_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)".to_owned(),
+        "CREATE TABLE processes (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            parent TEXT REFERENCES processes(id),
+            checkpoint TEXT NOT NULL,
+            paused BOOLEAN NOT NULL,
+            terminal BOOLEAN NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            error TEXT
+        )"
+        .to_owned(),
+        "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal".to_owned(),
+        format!(
+            "CREATE TABLE events (
+                seq {serial_key},
+                process_id TEXT NOT NULL REFERENCES processes(id),
+                at BIGINT NOT NULL,
+                checkpoint TEXT NOT NULL,
+                paused BOOLEAN NOT NULL
+            )"
+        ),
+        "CREATE INDEX events_process ON events (process_id, seq)".to_owned(),
+    ]
+}
 
-const POSTGRES_SCHEMA: &[&str] = &[
-    "CREATE TABLE drover_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE processes (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        parent TEXT REFERENCES processes(id),
-        checkpoint TEXT NOT NULL,
-        paused BOOLEAN NOT NULL,
-        terminal BOOLEAN NOT NULL,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL,
-        error TEXT
-    )",
-    "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal",
-    "CREATE TABLE events (
-        seq BIGSERIAL PRIMARY KEY,
-        process_id TEXT NOT NULL REFERENCES processes(id),
-        at BIGINT NOT NULL,
-        checkpoint TEXT NOT NULL,
-        paused BOOLEAN NOT NULL
-    )",
-    "CREATE INDEX events_process ON events (process_id, seq)",
-];
+const SQLITE_SERIAL: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
+const POSTGRES_SERIAL: &str = "BIGSERIAL PRIMARY KEY";
 
 impl Store {
     /// Opens (or creates) the store at `location`: a `postgres://` URL, or a
@@ -268,7 +253,7 @@ impl Store {
         let tables = sqlite_tables(&mut *pool.acquire().await.map_err(db_err)?).await.map_err(db_err)?;
         let db = Db::Sqlite(pool);
         if judge(&location, &tables, None)? {
-            Store::create(&db, &location, SQLITE_SCHEMA).await?;
+            Store::create(&db, &location, &schema(SQLITE_SERIAL)).await?;
         }
         Ok(Store::start(db, location))
     }
@@ -309,18 +294,18 @@ impl Store {
         };
         let db = Db::Postgres(pool);
         if judge(&location, &ours, meta)? {
-            Store::create(&db, &location, POSTGRES_SCHEMA).await?;
+            Store::create(&db, &location, &schema(POSTGRES_SERIAL)).await?;
         }
         Ok(Store::start(db, location))
     }
 
     /// Creates the schema in an empty database, in one transaction.
-    async fn create(db: &Db, location: &str, schema: &[&'static str]) -> Result<(), StoreError> {
+    async fn create(db: &Db, location: &str, schema: &[String]) -> Result<(), StoreError> {
         let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
         on_db!(db, pool => {
             let mut tx = pool.begin().await.map_err(db_err)?;
             for statement in schema {
-                sqlx::query(*statement).execute(&mut *tx).await.map_err(db_err)?;
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *tx).await.map_err(db_err)?;
             }
             sqlx::query("INSERT INTO drover_meta (key, value) VALUES ('magic', 'drover-store'), ('schema_version', '1')")
                 .execute(&mut *tx)
