@@ -65,8 +65,9 @@ fn an_engine_killed_at_random_moments_finishes_everything_exactly_once() {
     let mut kills = 0;
     while kills < KILLS {
         let mut child = engine(());
-        // Early kills land in the submissions, later ones in the runs.
-        let after = Duration::from_millis(rng.next_ms(150, 2500));
+        // The first kills land early, in the submissions (store inserts,
+        // `sbatch`); later ones anywhere in the runs.
+        let after = Duration::from_millis(if kills < 4 { rng.next_ms(150, 700) } else { rng.next_ms(150, 2500) });
         std::thread::sleep(after);
         if child.try_wait().unwrap().is_some() {
             break; // it finished before this kill
