@@ -4,8 +4,9 @@
 //!
 //! `crash-engine STORE WORK TAG SHELL_JOBS SLURM_JOBS`
 //!
-//! Shell job `s<i>` appends its id to `WORK/marker` once; SLURM job `j<i>`
-//! runs through `ssh drover-test-host` and prints its id. Exits 0 when every
+//! Shell job `s<i>` appends its id to `WORK/marker` once and sleeps 2 s; SLURM
+//! job `j<i>` runs through `ssh drover-test-host`, prints its id and sleeps 5 s:
+//! long enough, with 8 at a time, for the harness to kill the engine ten times. Exits 0 when every
 //! process succeeded.
 
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ fn main() {
             for i in 0..shells {
                 let id = format!("s{i}");
                 if store.get(&id).await.unwrap().is_none() {
-                    let spec = ShellSpec::program("sh", ["-c", "echo \"$1\" >> \"$2\"; sleep 0.3", "sh"])
+                    let spec = ShellSpec::program("sh", ["-c", "echo \"$1\" >> \"$2\"; sleep 2", "sh"])
                         .with_stdout(Output::File(work.join(format!("{id}.out"))));
                     let mut spec = spec;
                     spec.args.push(id.clone());
@@ -61,7 +62,7 @@ fn main() {
                     let spec = JobSpec {
                         id: format!("{tag}-{id}"),
                         command: "sh".into(),
-                        args: vec!["-c".into(), "echo \"$1\"; sleep 1".into(), "sh".into(), id.clone()],
+                        args: vec!["-c".into(), "echo \"$1\"; sleep 5".into(), "sh".into(), id.clone()],
                         local_dir: work.join("slurm").join(&id),
                         ..JobSpec::default()
                     };
