@@ -8,7 +8,9 @@
 //!   re-attached, or its recorded exit code is taken; none starts twice;
 //! - scheduler jobs continue by job id; an interrupted submit is resolved by
 //!   job name;
-//! - processes paused by a request stay paused; terminal ones are not loaded;
+//! - processes paused by a request stay paused; terminal ones are not loaded,
+//!   except killed scheduler jobs whose cancel was still unconfirmed: their
+//!   cancel is taken up again until the scheduler confirms;
 //! - a process whose checkpoint cannot be read (corrupt, from a newer drover)
 //!   or whose computer is no longer configured is marked with the error in the
 //!   store, left as it is, and reported; every other process loads and runs.
@@ -91,6 +93,8 @@ pub struct Recovery {
     pub resumed: Vec<String>,
     /// Processes that could not be loaded, with the error they are marked with.
     pub failed: Vec<(String, String)>,
+    /// Killed scheduler jobs whose unconfirmed cancel was taken up again.
+    pub cancels: Vec<String>,
 }
 
 enum Handle {
@@ -167,6 +171,44 @@ impl Engine {
         Ok(())
     }
 
+    /// Hands the cancels that were still unconfirmed when the last engine
+    /// stopped (killed scheduler jobs with `cancel_pending`) to their
+    /// computers' cancellers, and records each one once it is confirmed: no
+    /// job is left running on a cluster because an engine crashed.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Store`] when the store cannot be read.
+    pub async fn resume_pending_cancels(&self) -> Result<Vec<String>, EngineError> {
+        let mut resumed = Vec::new();
+        for stored in self.store.terminal_marked("scheduler", "\"cancel_pending\":true").await? {
+            let Ok(JobState::Killed { job_id: Some(job_id), cancel_pending: true }) =
+                decode::<JobState>(&stored.checkpoint)
+            else {
+                continue;
+            };
+            let Ok(Job::Scheduler { computer, .. }) = serde_json::from_str::<Job>(&stored.spec) else { continue };
+            let computer = match self.computer(&computer) {
+                Ok(computer) => computer,
+                Err(e) => {
+                    self.store.mark_error(&stored.id, &e.to_string()).await?;
+                    continue;
+                }
+            };
+            computer.canceller().cancel_in_background(job_id.clone());
+            let (store, id) = (self.store.clone(), stored.id.clone());
+            tokio::task::spawn_local(async move {
+                while computer.canceller().pending().contains(&job_id) {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                let done = encode(&JobState::Killed { job_id: Some(job_id), cancel_pending: false });
+                let _ = store.record(&id, done, false, true).await;
+            });
+            resumed.push(stored.id);
+        }
+        Ok(resumed)
+    }
+
     /// Resumes every unfinished process of the store.
     ///
     /// # Errors
@@ -174,7 +216,7 @@ impl Engine {
     /// [`EngineError::Store`] when the store cannot be read at all; a process
     /// that cannot be loaded is reported in [`Recovery::failed`] instead.
     pub async fn recover(&self) -> Result<Recovery, EngineError> {
-        let mut recovery = Recovery::default();
+        let mut recovery = Recovery { cancels: self.resume_pending_cancels().await?, ..Recovery::default() };
         for stored in self.store.unfinished().await? {
             match self.resume(&stored.id, &stored.kind, &stored.spec, &stored.checkpoint, stored.paused) {
                 Ok(()) => recovery.resumed.push(stored.id),

@@ -403,6 +403,24 @@ impl Store {
         }))
     }
 
+    /// Terminal processes of `kind` whose latest checkpoint contains `marker`
+    /// (a fragment of its JSON): for work left to finish after the end, such
+    /// as a cancel that was still to be confirmed when the engine stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn terminal_marked(&self, kind: &str, marker: &str) -> Result<Vec<StoredProcess>, StoreError> {
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
+                           FROM processes WHERE kind = $1 AND terminal AND checkpoint LIKE $2 ORDER BY created_at, id";
+        // A LIKE pattern: `_` in the marker matches any one character, which
+        // only widens the match; callers decode and check what they get.
+        let pattern = format!("%{marker}%");
+        Ok(on_db!(&self.db, pool => {
+            sqlx::query(SQL).bind(kind).bind(&pattern).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
+        }))
+    }
+
     /// How many processes the store holds.
     ///
     /// # Errors
