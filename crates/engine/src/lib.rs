@@ -15,7 +15,8 @@
 //!   or whose computer is no longer configured is marked with the error in the
 //!   store, left as it is, and reported; every other process loads and runs.
 //!
-//! Processes run on the `LocalSet` the engine is given.
+//! Processes run on the `LocalSet` the engine is given; call the engine's
+//! methods from inside that `LocalSet` (they spawn local tasks).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
