@@ -274,24 +274,47 @@ impl Engine {
         h
     }
 
+    /// Waits for every process started so far to end, calling `each` as each
+    /// one ends (in the order they end), and returns how each ended.
+    pub async fn wait_each(&self, mut each: impl FnMut(&str, &Outcome)) -> Vec<(String, Outcome)> {
+        let handles = std::mem::take(&mut *self.handles.borrow_mut());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (id, handle) in handles {
+            let tx = tx.clone();
+            tokio::task::spawn_local(async move {
+                let _ = tx.send((id, join(handle).await));
+            });
+        }
+        drop(tx);
+        let mut outcomes = Vec::new();
+        while let Some((id, outcome)) = rx.recv().await {
+            each(&id, &outcome);
+            outcomes.push((id, outcome));
+        }
+        outcomes
+    }
+
     /// Waits for every process started so far to end, and reports how each ended.
     pub async fn wait_all(&self) -> Vec<(String, Outcome)> {
         let handles = std::mem::take(&mut *self.handles.borrow_mut());
         let mut outcomes = Vec::with_capacity(handles.len());
         for (id, handle) in handles {
-            let outcome = match handle {
-                Handle::Shell(h) => match h.join().await {
-                    Ok(p) => Outcome::Shell(p.state().clone()),
-                    Err(e) => Outcome::Error(e),
-                },
-                Handle::Scheduler(h) => match h.join().await {
-                    Ok(p) => Outcome::Scheduler(p.state().clone()),
-                    Err(e) => Outcome::Error(e),
-                },
-            };
-            outcomes.push((id, outcome));
+            outcomes.push((id, join(handle).await));
         }
         outcomes
+    }
+}
+
+async fn join(handle: Handle) -> Outcome {
+    match handle {
+        Handle::Shell(h) => match h.join().await {
+            Ok(p) => Outcome::Shell(p.state().clone()),
+            Err(e) => Outcome::Error(e),
+        },
+        Handle::Scheduler(h) => match h.join().await {
+            Ok(p) => Outcome::Scheduler(p.state().clone()),
+            Err(e) => Outcome::Error(e),
+        },
     }
 }
 

@@ -87,6 +87,8 @@ pub struct ShellProcess {
     run_dir: Option<PathBuf>,
     /// The governor slot taken in `Queued`, held through `Starting`.
     slot: Option<Slot>,
+    /// Restored from a checkpoint: an earlier engine may have started the child.
+    restored: bool,
 }
 
 /// The leader of a process's group: our own child, or (after the engine
@@ -194,7 +196,15 @@ impl Drop for Run {
 impl ShellProcess {
     /// A shell process that will run `spec` under `governor`.
     pub fn new(spec: ShellSpec, governor: Governor) -> ShellProcess {
-        ShellProcess { spec, governor, state: ShellState::Queued, run: None, run_dir: None, slot: None }
+        ShellProcess {
+            spec,
+            governor,
+            state: ShellState::Queued,
+            run: None,
+            run_dir: None,
+            slot: None,
+            restored: false,
+        }
     }
 
     /// A durable shell process: its child runs under a small supervisor that
@@ -217,7 +227,7 @@ impl ShellProcess {
         run_dir: impl Into<PathBuf>,
         state: ShellState,
     ) -> ShellProcess {
-        ShellProcess { state, ..ShellProcess::durable(spec, governor, run_dir) }
+        ShellProcess { state, restored: true, ..ShellProcess::durable(spec, governor, run_dir) }
     }
 
     /// What it runs.
@@ -266,13 +276,19 @@ impl ShellProcess {
         if !run_dir.join("started").exists() {
             match command::start_supervised(&self.spec, &run_dir) {
                 Ok(started) => {
+                    let since = Instant::now();
                     let mut child = started.child;
-                    // Lost the race to a supervisor an earlier engine started?
-                    let lost = matches!(child.try_wait(), Ok(Some(status)) if status.code() == Some(command::ALREADY_STARTED))
-                        || (tokio::time::timeout(Duration::from_millis(50), child.wait()).await)
+                    // Restored: did a supervisor an earlier engine started win the
+                    // race for the run directory? (A fresh process has no rival.)
+                    let lost = self.restored
+                        && (tokio::time::timeout(Duration::from_millis(50), child.wait()).await)
                             .is_ok_and(|s| s.is_ok_and(|s| s.code() == Some(command::ALREADY_STARTED)));
                     if !lost {
-                        return self.running(Leader::Child(child), started.pid, SystemTime::now(), slot);
+                        self.running(Leader::Child(child), started.pid, SystemTime::now(), slot);
+                        if let Some(run) = self.run.as_mut() {
+                            run.since = since;
+                        }
+                        return;
                     }
                 }
                 Err(e) => {

@@ -1,0 +1,90 @@
+//! The `drover` program, run as a user runs it.
+
+#![allow(clippy::disallowed_methods)] // runs the program under test
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn drover(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drover")).arg("--data-dir").arg(data).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_quick_start_runs_every_job_and_reports_the_one_that_fails() {
+    let data = tempfile::tempdir().unwrap();
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.toml");
+    let out = drover(data.path(), &["run", quickstart]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("24 jobs: 23 succeeded, 1 failed"), "{stdout}");
+    assert!(stdout.contains("failed: quickstart.fails-on-purpose (exit 3"), "{stdout}");
+    // Not a terminal: one plain line per job as it ends.
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("ok ")).count(), 23, "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("failed ")).count(), 1, "{stderr}");
+    let runs: Vec<_> = std::fs::read_dir(data.path().join("runs")).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0].path();
+    assert_eq!(std::fs::read_to_string(run.join("quickstart.hello.out")).unwrap(), "hello from drover\n");
+    assert_eq!(
+        std::fs::read_to_string(run.join("quickstart.quoting.out")).unwrap(),
+        "it's|$(not expanded)|a; b|ünïcödé|"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("quickstart.fails-on-purpose.err")).unwrap(),
+        "this job fails on purpose\n"
+    );
+    assert!(data.path().join("drover.db").exists(), "the store is embedded in the data directory");
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column_and_nothing_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    let marker = dir.path().join("ran");
+    std::fs::write(&good, format!("[[job]]\ncommand = \"touch\"\nargs = [\"{}\"]\n", marker.display())).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[job]]\ncommand = \"echo\"\nargs = [\"a\", \n").unwrap();
+    let out = drover(data.path(), &["run", good.to_str().unwrap(), bad.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("column"), "{stderr}");
+    assert!(stderr.contains("nothing was run"), "{stderr}");
+    assert!(!marker.exists(), "a job ran although another file had an error");
+    assert!(!data.path().join("runs").exists());
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_the_valid_ones() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[[job]]\ncommnd = \"echo\"\n").unwrap();
+    let out = drover(data.path(), &["run", file.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `commnd`"), "{stderr}");
+    for valid in ["`command`", "`args`", "`script`", "`env`", "`cwd`", "`timeout_secs`"] {
+        assert!(stderr.contains(valid), "{valid} missing from {stderr}");
+    }
+
+    std::fs::write(&file, "[[job]]\nid = \"x\"\ncommand = \"echo\"\nscript = \"echo\"\n").unwrap();
+    let out = drover(data.path(), &["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("job `x`: give `command` or `script`, not both"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn help_shows_examples_and_exit_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let out = drover(data.path(), &["run", "--help"]);
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("drover run examples/quickstart.toml"), "{help}");
+    assert!(help.contains("Exit codes: 0 every job succeeded; 1 a job failed; 2 bad input"), "{help}");
+}
