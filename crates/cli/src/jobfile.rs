@@ -12,12 +12,25 @@
 //! env = { LC_ALL = "C" }
 //! cwd = "/tmp"
 //! timeout_secs = 30
+//!
+//! [[job]]
+//! id = "relax"
+//! computer = "cluster"      # a scheduler job, on a computer of computers.toml
+//! command = "pw.x"
+//! args = ["-in", "relax.in"]
+//! nodes = 1
+//! tasks = 4
+//! wall_time_secs = 3600
+//! partition = "debug"
+//! retrieve = ["relax.out"]
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use drover_engine::Job;
+use drover_scheduler::{JobSpec, Resources};
 use drover_shell::{Output, ShellSpec};
 use serde::Deserialize;
 
@@ -42,13 +55,29 @@ struct JobEntry {
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
     timeout_secs: Option<f64>,
+    // Scheduler jobs.
+    computer: Option<String>,
+    nodes: Option<u32>,
+    tasks: Option<u32>,
+    cpus_per_task: Option<u32>,
+    memory_mb: Option<u64>,
+    wall_time_secs: Option<u64>,
+    partition: Option<String>,
+    account: Option<String>,
+    qos: Option<String>,
+    #[serde(default)]
+    directives: Vec<String>,
+    prepend: Option<String>,
+    append: Option<String>,
+    #[serde(default)]
+    retrieve: Vec<String>,
 }
 
 /// A job ready to run.
 #[derive(Debug)]
 pub(crate) struct Planned {
     pub(crate) id: String,
-    pub(crate) spec: ShellSpec,
+    pub(crate) job: Job,
 }
 
 /// Reads and checks every file; any error in any file means nothing runs.
@@ -56,7 +85,12 @@ pub(crate) struct Planned {
 /// # Errors
 ///
 /// A message naming the file, and the line and column where TOML says so.
-pub(crate) fn load(paths: &[PathBuf], out_dir: &Path) -> Result<Vec<Planned>, String> {
+pub(crate) fn load(
+    paths: &[PathBuf],
+    out_dir: &Path,
+    run_id: &str,
+    computers: &[String],
+) -> Result<Vec<Planned>, String> {
     let mut planned = Vec::new();
     let mut seen = HashSet::new();
     for path in paths {
@@ -80,25 +114,100 @@ pub(crate) fn load(paths: &[PathBuf], out_dir: &Path) -> Result<Vec<Planned>, St
                 return Err(format!("{}: job id `{local}` appears twice", path.display()));
             }
             let where_ = format!("{}: job `{local}`", path.display());
-            let mut spec = match (entry.command, entry.script) {
-                (Some(command), None) => ShellSpec::program(command, entry.args),
-                (None, Some(script)) if entry.args.is_empty() => ShellSpec::script(script),
-                (None, Some(_)) => return Err(format!("{where_}: `args` go with `command`, not with `script`")),
-                (Some(_), Some(_)) => return Err(format!("{where_}: give `command` or `script`, not both")),
-                (None, None) => return Err(format!("{where_}: give `command` (with `args`) or `script`")),
-            };
-            spec.env.set = entry.env;
-            spec.cwd = entry.cwd;
-            if let Some(secs) = entry.timeout_secs {
-                if !(secs.is_finite() && secs > 0.0) {
-                    return Err(format!("{where_}: timeout_secs must be a positive number"));
+            let job = match entry.computer.clone() {
+                None => shell_job(entry, &where_, out_dir, &id)?,
+                Some(computer) => {
+                    if !computers.contains(&computer) {
+                        let known =
+                            if computers.is_empty() { "none are configured".to_owned() } else { computers.join(", ") };
+                        return Err(format!("{where_}: computer `{computer}` is not defined (known: {known})"));
+                    }
+                    scheduler_job(entry, &where_, out_dir.join(&id), &format!("{run_id}.{id}"), computer)?
                 }
-                spec.timeout = Some(Duration::from_secs_f64(secs));
-            }
-            spec.stdout = Output::File(out_dir.join(format!("{id}.out")));
-            spec.stderr = Output::File(out_dir.join(format!("{id}.err")));
-            planned.push(Planned { id, spec });
+            };
+            planned.push(Planned { id, job });
         }
     }
     Ok(planned)
+}
+
+fn command_or_script(
+    command: Option<String>,
+    args: Vec<String>,
+    script: Option<String>,
+    where_: &str,
+) -> Result<(String, Vec<String>), String> {
+    match (command, script) {
+        (Some(command), None) => Ok((command, args)),
+        (None, Some(script)) if args.is_empty() => Ok(("/bin/sh".to_owned(), vec!["-c".to_owned(), script])),
+        (None, Some(_)) => Err(format!("{where_}: `args` go with `command`, not with `script`")),
+        (Some(_), Some(_)) => Err(format!("{where_}: give `command` or `script`, not both")),
+        (None, None) => Err(format!("{where_}: give `command` (with `args`) or `script`")),
+    }
+}
+
+fn shell_job(entry: JobEntry, where_: &str, out_dir: &Path, id: &str) -> Result<Job, String> {
+    let scheduler_only = [
+        ("nodes", entry.nodes.is_some()),
+        ("tasks", entry.tasks.is_some()),
+        ("cpus_per_task", entry.cpus_per_task.is_some()),
+        ("memory_mb", entry.memory_mb.is_some()),
+        ("wall_time_secs", entry.wall_time_secs.is_some()),
+        ("partition", entry.partition.is_some()),
+        ("account", entry.account.is_some()),
+        ("qos", entry.qos.is_some()),
+        ("directives", !entry.directives.is_empty()),
+        ("prepend", entry.prepend.is_some()),
+        ("append", entry.append.is_some()),
+        ("retrieve", !entry.retrieve.is_empty()),
+    ];
+    if let Some((key, _)) = scheduler_only.iter().find(|(_, set)| *set) {
+        return Err(format!("{where_}: `{key}` is for scheduler jobs (give `computer`)"));
+    }
+    let (program, args) = command_or_script(entry.command, entry.args, entry.script, where_)?;
+    let mut spec = ShellSpec::program(program, args);
+    spec.env.set = entry.env;
+    spec.cwd = entry.cwd;
+    if let Some(secs) = entry.timeout_secs {
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(format!("{where_}: timeout_secs must be a positive number"));
+        }
+        spec.timeout = Some(Duration::from_secs_f64(secs));
+    }
+    spec.stdout = Output::File(out_dir.join(format!("{id}.out")));
+    spec.stderr = Output::File(out_dir.join(format!("{id}.err")));
+    Ok(Job::Shell { spec })
+}
+
+fn scheduler_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str, computer: String) -> Result<Job, String> {
+    if entry.cwd.is_some() || entry.timeout_secs.is_some() {
+        return Err(format!(
+            "{where_}: `cwd` and `timeout_secs` are for shell jobs (a scheduler job has `wall_time_secs`)"
+        ));
+    }
+    let (command, args) = command_or_script(entry.command, entry.args, entry.script, where_)?;
+    let spec = JobSpec {
+        id: id.to_owned(),
+        command,
+        args,
+        env: entry.env,
+        resources: Resources {
+            nodes: entry.nodes,
+            tasks: entry.tasks,
+            cpus_per_task: entry.cpus_per_task,
+            memory_mb: entry.memory_mb,
+            wall_time: entry.wall_time_secs.map(Duration::from_secs),
+            partition: entry.partition,
+            account: entry.account,
+            qos: entry.qos,
+        },
+        extra_directives: entry.directives,
+        prepend: entry.prepend.unwrap_or_default(),
+        append: entry.append.unwrap_or_default(),
+        uploads: Vec::new(),
+        retrieve: entry.retrieve,
+        local_dir,
+    };
+    spec.validate().map_err(|e| format!("{where_}: {}", e.problem))?;
+    Ok(Job::Scheduler { computer, spec })
 }

@@ -1,8 +1,8 @@
 //! `drover`, the command-line program.
 
+mod config;
 mod jobfile;
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use drover_engine::{Engine, Job, Outcome};
+use drover_engine::{Engine, Outcome};
 use drover_shell::{Governor, ShellState};
 use drover_store::Store;
 use tokio::task::LocalSet;
@@ -23,6 +23,10 @@ struct Cli {
     /// else $XDG_DATA_HOME/drover, else ~/.local/share/drover].
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Where `computers.toml` is [default: $DROVER_CONFIG_DIR, else
+    /// $XDG_CONFIG_HOME/drover, else ~/.config/drover].
+    #[arg(long, global = true, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +51,21 @@ enum Command {
         #[arg(long, short = 'j', value_name = "N")]
         jobs: Option<usize>,
     },
+    /// Computers defined in `computers.toml`.
+    #[command(subcommand)]
+    Computer(ComputerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ComputerCommand {
+    /// Checks the connection and the scheduler of a computer, and says what is wrong.
+    ///
+    /// Exit codes: 0 every check passed; 1 a check failed; 2 bad input.
+    #[command(after_help = "Examples:\n  drover computer test cluster")]
+    Test {
+        /// The computer's name.
+        name: String,
+    },
 }
 
 fn data_dir(given: Option<PathBuf>) -> PathBuf {
@@ -60,17 +79,106 @@ fn data_dir(given: Option<PathBuf>) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let data = data_dir(cli.data_dir);
+    let config = cli.config_dir.unwrap_or_else(config::config_dir);
     match cli.command {
-        Command::Run { files, jobs } => run(&data, &files, jobs),
+        Command::Run { files, jobs } => run(&data, &config, &files, jobs),
+        Command::Computer(ComputerCommand::Test { name }) => test_computer(&config, &name),
     }
 }
 
-fn run(data: &std::path::Path, files: &[PathBuf], jobs: Option<usize>) -> ExitCode {
+fn test_computer(config: &std::path::Path, name: &str) -> ExitCode {
+    use drover_scheduler::{AnyScheduler, Transport};
+    let computers = match config::computers(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drover: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(computer) = computers.get(name).cloned() else {
+        let mut known: Vec<_> = computers.keys().cloned().collect();
+        known.sort();
+        eprintln!(
+            "drover: computer `{name}` is not defined in {}/computers.toml (known: {})",
+            config.display(),
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let ok = rt.block_on(async {
+        let t = &computer.transport;
+        let mut ok = true;
+        let mut check = |what: &str, result: Result<String, String>| match result {
+            Ok(detail) => {
+                println!("ok      {what}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })
+            }
+            Err(e) => {
+                println!("FAILED  {what}: {e}");
+                ok = false;
+            }
+        };
+        let reach = t.run("echo ok").await;
+        let reachable = matches!(&reach, Ok(out) if out.stdout.trim() == "ok");
+        check(&format!("reach {}", t.host()), reach.map(|_| String::new()).map_err(|e| e.to_string()));
+        if !reachable {
+            return false;
+        }
+        let tools = match &computer.scheduler {
+            AnyScheduler::Slurm(_) => "sbatch squeue scancel",
+            AnyScheduler::Direct(_) => "setsid ps kill",
+        };
+        let out = t.run(&format!("for t in {tools}; do command -v $t >/dev/null || echo \"missing: $t\"; done")).await;
+        check(
+            "scheduler commands",
+            match out {
+                Ok(o) if o.stdout.trim().is_empty() => Ok(tools.to_owned()),
+                Ok(o) => Err(o.stdout.trim().replace('\n', ", ")),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+        let dir = drover_scheduler::quote(&computer.work_root);
+        let out = t.run(&format!("mkdir -p {dir} && test -w {dir} && echo writable")).await;
+        check(
+            &format!("work directory {}", computer.work_root),
+            match out {
+                Ok(o) if o.stdout.trim() == "writable" => Ok(String::new()),
+                Ok(o) => Err(o.stderr.trim().to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+        if let AnyScheduler::Slurm(_) = computer.scheduler {
+            let out = t.run("sinfo --noheader --summarize").await;
+            check(
+                "SLURM controller",
+                match out {
+                    Ok(o) if o.status == 0 => Ok(o.stdout.split_whitespace().collect::<Vec<_>>().join(" ")),
+                    Ok(o) => Err(o.stderr.trim().to_owned()),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        }
+        ok
+    });
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs: Option<usize>) -> ExitCode {
     let started = Instant::now();
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let run_id = format!("run-{stamp}");
     let out_dir = data.join("runs").join(&run_id);
-    let planned = match jobfile::load(files, &out_dir) {
+    let computers = match config::computers(config) {
+        Ok(computers) => computers,
+        Err(e) => {
+            eprintln!("drover: {e}");
+            eprintln!("drover: nothing was run");
+            return ExitCode::from(2);
+        }
+    };
+    let mut names: Vec<String> = computers.keys().cloned().collect();
+    names.sort();
+    let planned = match jobfile::load(files, &out_dir, &run_id, &names) {
         Ok(planned) => planned,
         Err(e) => {
             eprintln!("drover: {e}");
@@ -99,10 +207,10 @@ fn run(data: &std::path::Path, files: &[PathBuf], jobs: Option<usize>) -> ExitCo
             let store_path = data.join("drover.db");
             let store = Store::open(store_path.to_str().unwrap_or("drover.db")).await.map_err(|e| e.to_string())?;
             let governor = jobs.map_or_else(Governor::default, Governor::new);
-            let engine = Engine::new(store, local, governor, HashMap::new(), out_dir.join(".supervise"));
+            let engine = Engine::new(store, local, governor, computers, out_dir.join(".supervise"));
             for job in planned {
                 let id = format!("{run_id}.{}", job.id);
-                engine.submit(&id, Job::Shell { spec: job.spec }).await.map_err(|e| e.to_string())?;
+                engine.submit(&id, job.job).await.map_err(|e| e.to_string())?;
             }
             let mut progress = Progress::new(total, std::io::stderr().is_terminal(), &run_id);
             Ok(engine.wait_each(|id, outcome| progress.ended(id, outcome)).await)
@@ -140,6 +248,10 @@ fn describe(outcome: &Outcome) -> String {
         }
         Outcome::Shell(ShellState::Failed { reason }) => reason.clone(),
         Outcome::Shell(other) => format!("{other:?}"),
+        Outcome::Scheduler(drover_scheduler::JobState::Finished { exit_code, job_id }) => {
+            format!("exit {exit_code}, job {job_id}")
+        }
+        Outcome::Scheduler(drover_scheduler::JobState::Failed { reason, .. }) => reason.clone(),
         Outcome::Scheduler(state) => format!("{state:?}"),
         Outcome::Error(e) => e.to_string(),
     }

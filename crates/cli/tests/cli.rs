@@ -88,3 +88,73 @@ fn help_shows_examples_and_exit_codes() {
     assert!(help.contains("drover run examples/quickstart.toml"), "{help}");
     assert!(help.contains("Exit codes: 0 every job succeeded; 1 a job failed; 2 bad input"), "{help}");
 }
+
+/// A config directory with a computer on the test cluster (sshd and SLURM from
+/// the README's test command) and one that cannot be reached.
+fn computers() -> tempfile::TempDir {
+    let ok = Command::new("sh")
+        .args(["-c", "ssh -o BatchMode=yes drover-test-host true && scontrol ping | grep -q UP"])
+        .status();
+    assert!(
+        ok.is_ok_and(|s| s.success()),
+        "sshd and SLURM for tests are not running: run `scripts/services/all.sh start` (the README's test command does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("computers.toml"),
+        "[computer.cluster]\ntransport = \"ssh\"\nhost = \"drover-test-host\"\nscheduler = \"slurm\"\nwork_dir = \"drover-cli-tests\"\npoll_interval_secs = 1\n\n\
+         [computer.nowhere]\ntransport = \"ssh\"\nhost = \"no-such-host.invalid\"\nscheduler = \"slurm\"\nwork_dir = \"x\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn computer_test_checks_the_connection_and_the_scheduler() {
+    let config = computers();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let out = drover(data.path(), &["--config-dir", cfg, "computer", "test", "cluster"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for line in ["ok      reach drover-test-host", "ok      scheduler commands", "ok      SLURM controller"] {
+        assert!(stdout.contains(line), "{line:?} missing from {stdout}");
+    }
+    let out = drover(data.path(), &["--config-dir", cfg, "computer", "test", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("Could not resolve hostname"), "{}", text(&out.stdout));
+    let out = drover(data.path(), &["--config-dir", cfg, "computer", "test", "elsewhere"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("computer `elsewhere` is not defined")
+            && text(&out.stderr).contains("cluster, nowhere")
+    );
+}
+
+#[test]
+fn job_files_mix_shell_and_scheduler_jobs_on_named_computers() {
+    let config = computers();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let jobs = config.path().join("mixed.toml");
+    std::fs::write(
+        &jobs,
+        "[[job]]\nid = \"remote\"\ncomputer = \"cluster\"\nscript = \"echo from slurm\"\nwall_time_secs = 120\n\n\
+         [[job]]\nid = \"here\"\ncommand = \"echo\"\nargs = [\"from here\"]\n",
+    )
+    .unwrap();
+    let out = drover(data.path(), &["--config-dir", cfg, "run", jobs.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.starts_with("2 jobs: 2 succeeded"), "{stdout}");
+    let run = std::fs::read_dir(data.path().join("runs")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(std::fs::read_to_string(run.join("mixed.remote/stdout.txt")).unwrap(), "from slurm\n");
+    assert_eq!(std::fs::read_to_string(run.join("mixed.here.out")).unwrap(), "from here\n");
+
+    // A computer that is not defined is named, and nothing runs.
+    std::fs::write(&jobs, "[[job]]\nid = \"x\"\ncomputer = \"elsewhere\"\ncommand = \"true\"\n").unwrap();
+    let out = drover(data.path(), &["--config-dir", cfg, "run", jobs.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("computer `elsewhere` is not defined (known: cluster, nowhere)"), "{stderr}");
+}
