@@ -435,15 +435,7 @@ fn a_durable_child_outlives_its_engine_and_is_reattached() {
     let governor = Governor::new(2);
 
     // First engine: starts the child, then goes away mid-run.
-    let running = engine_life(|local| {
-        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
-        async move {
-            let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
-            wait_until("running", || running_pid(&h).is_some()).await;
-            h.state()
-        }
-    });
+    let running = first_life(&spec, &governor, &run_dir);
     let ShellState::Running { pid, .. } = running else { panic!("{running:?}") };
     assert!(!group_members(pid).is_empty(), "the child survives its engine");
 
@@ -497,18 +489,14 @@ fn a_restored_running_child_can_be_killed() {
     let run_dir = dir.path().join("run");
     let spec = ShellSpec::script("sleep 1000 & sleep 1000");
     let governor = Governor::new(2);
-    let running = engine_life(|local| {
-        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
-        async move {
-            let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
-            wait_until("running", || running_pid(&h).is_some()).await;
-            let pgid = running_pid(&h).unwrap();
-            wait_until("all started", || group_members(pgid).len() == 4).await;
-            h.state()
-        }
-    });
+    let running = first_life(&spec, &governor, &run_dir);
     let ShellState::Running { pid, .. } = running else { panic!("{running:?}") };
+    // The supervisor, the command's shell and its two sleeps.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while group_members(pid).len() < 4 {
+        assert!(Instant::now() < deadline, "the tree never started: {:?}", group_members(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
     engine_life(|local| async move {
         let h = spawn_owned(&local, ShellProcess::restore(spec, governor, run_dir, running), DriveMode::Step);
         h.kill().await.unwrap();
