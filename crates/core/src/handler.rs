@@ -80,6 +80,28 @@ impl<S: State, O> ProcessHandler<S, O> {
             .await
     }
 
+    /// Waits until the process has ended, without taking the handler: for
+    /// code that keeps controlling or watching other processes by handler.
+    /// The final state is then [`state`](Self::state).
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join): [`Error::Panicked`], [`Error::Aborted`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future changes nothing.
+    pub async fn ended(&self) -> Result<(), Error> {
+        self.shared
+            .wait_for(|ctl| {
+                Some(match ctl.end.as_ref()? {
+                    End::Done | End::Killed => Ok(()),
+                    end => Err(end.error()),
+                })
+            })
+            .await
+    }
+
     /// Nudges the process without waiting: launches a `FireAndForget` process,
     /// or allows one more step of a `Step` process.
     ///

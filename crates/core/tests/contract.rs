@@ -457,6 +457,38 @@ async fn a_process_dropped_with_its_local_set_reports_aborted() {
     assert_eq!(handler.join().await, Err(Error::Aborted));
 }
 
+#[tokio::test(start_paused = true)]
+async fn ended_waits_without_taking_the_handler_and_reports_how_it_ended() {
+    in_local(|local| async move {
+        let (done, _) = Job::new(vec![Step::Compute, Step::Busy(MS)]);
+        let h = spawn_owned(&local, done, DriveMode::FireAndForget);
+        h.try_nudge().unwrap();
+        assert_eq!(h.ended().await, Ok(()));
+        assert_eq!(h.state(), JobState::Done);
+        // Still usable afterwards, and the output is still there.
+        assert_eq!(h.ended().await, Ok(()));
+        assert_eq!(h.join().await.unwrap().state, JobState::Done);
+
+        let (waiting, _) = Job::new(vec![Step::Wait(HOUR)]);
+        let h = spawn_owned(&local, waiting, DriveMode::FireAndForget);
+        h.try_nudge().unwrap();
+        let ended = tokio::select! {
+            r = h.ended() => Some(r),
+            () = tokio::time::sleep(10 * MS) => None,
+        };
+        assert_eq!(ended, None, "a waiting process has not ended");
+        h.kill().await.unwrap();
+        assert_eq!(h.ended().await, Ok(()));
+        assert_eq!(h.state(), JobState::Killed);
+
+        let (bad, _) = job(vec![Step::Panic]);
+        let p = spawn(&local, &bad, DriveMode::FireAndForget);
+        p.try_nudge().unwrap();
+        assert!(matches!(p.ended().await, Err(Error::Panicked(_))));
+    })
+    .await;
+}
+
 // --- Owned processes, handlers across threads -----------------------------
 
 #[tokio::test(start_paused = true)]

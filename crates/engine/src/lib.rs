@@ -17,19 +17,30 @@
 //!
 //! Processes run on the `LocalSet` the engine is given; call the engine's
 //! methods from inside that `LocalSet` (they spawn local tasks).
+//!
+//! The engine also controls its processes by id ([`Engine::pause`],
+//! [`Engine::resume`], [`Engine::kill`]), describes them from the store
+//! ([`Engine::list`], [`Engine::show`]) and announces every state change on a
+//! broadcast channel ([`Engine::changes`]): what a daemon's control API needs.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+mod info;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use drover_core::{DriveMode, Error, Process, ProcessHandler, State, spawn_recorded, spawn_recorded_paused};
+use drover_core::{DriveMode, Error, Process, ProcessHandler, Recorder, State, spawn_recorded, spawn_recorded_paused};
 use drover_scheduler::{Computer, JobSpec, JobState, SchedulerProcess};
 use drover_shell::{Governor, ShellProcess, ShellSpec, ShellState};
-use drover_store::{Checkpoint, NewProcess, Store, StoreError, StoreRecorder, decode, encode};
+use drover_store::{Checkpoint, NewProcess, Store, StoreError, StoreRecorder, StoredProcess, decode, encode};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio::task::LocalSet;
+
+pub use info::{ProcessDetail, ProcessInfo, Transition};
 
 /// What a process runs: its spec, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +74,56 @@ pub enum EngineError {
         /// The names configured.
         known: String,
     },
+    /// A process id that is taken (in the store, or twice in one submission).
+    #[error("process `{0}` already exists")]
+    Duplicate(String),
+}
+
+/// Why a pause, resume or kill by id could not be done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No process has this id.
+    #[error("no process `{0}`")]
+    Unknown(String),
+    /// The process has ended.
+    #[error("process `{id}` has already ended ({state})")]
+    Ended {
+        /// Its id.
+        id: String,
+        /// How it ended.
+        state: String,
+    },
+    /// The process is in the store but this engine could not load it.
+    #[error("process `{id}` is not running in this engine: {reason}")]
+    NotLoaded {
+        /// Its id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime refused (a resume cancelled the pause, it panicked, ...).
+    #[error("process `{id}`: {error}")]
+    Runtime {
+        /// Its id.
+        id: String,
+        /// The runtime's error.
+        error: Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A control request, by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Pause; returns once the process is paused.
+    Pause,
+    /// Resume a paused process.
+    Resume,
+    /// Kill; returns once the process has ended.
+    Kill,
 }
 
 /// How a process ended, as the engine reports it.
@@ -103,6 +164,70 @@ enum Handle {
     Scheduler(ProcessHandler<JobState, SchedulerProcess>),
 }
 
+/// Runs `$body` with `$h` bound to the handler, whatever the kind.
+macro_rules! on_handle {
+    ($handle:expr, $h:ident => $body:expr) => {
+        match $handle {
+            Handle::Shell($h) => $body,
+            Handle::Scheduler($h) => $body,
+        }
+    };
+}
+
+impl Handle {
+    /// Waits until the process has ended, and says how.
+    async fn outcome(&self) -> Outcome {
+        match self {
+            Handle::Shell(h) => match h.ended().await {
+                Ok(()) => Outcome::Shell(h.state()),
+                Err(e) => Outcome::Error(e),
+            },
+            Handle::Scheduler(h) => match h.ended().await {
+                Ok(()) => Outcome::Scheduler(h.state()),
+                Err(e) => Outcome::Error(e),
+            },
+        }
+    }
+
+    async fn act(&self, action: Action) -> Result<(), Error> {
+        match action {
+            Action::Pause => on_handle!(self, h => h.pause().await),
+            Action::Resume => on_handle!(self, h => h.resume()),
+            Action::Kill => on_handle!(self, h => h.kill().await),
+        }
+    }
+}
+
+/// Records a process's states in the store, then announces each on the
+/// engine's broadcast channel (only when someone listens).
+struct EngineRecorder<S> {
+    store: StoreRecorder<S>,
+    template: ProcessInfo,
+    changes: broadcast::Sender<ProcessInfo>,
+}
+
+impl<S: State + Checkpoint> Recorder<S> for EngineRecorder<S> {
+    async fn record(&self, state: &S, paused: bool) {
+        self.store.record(state, paused).await;
+        if self.changes.receiver_count() > 0 {
+            let mut info = self.template.clone();
+            info.set_state(&serde_json::to_value(state).unwrap_or_default());
+            info.paused = paused;
+            info.terminal = state.is_done();
+            info.updated_at = now_ms();
+            let _ = self.changes.send(info);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How many changes a slow listener may fall behind before it is told it
+/// lagged (and should read the list again).
+const CHANGES_CAPACITY: usize = 4096;
+
 /// The engine. See the [crate docs](crate).
 pub struct Engine {
     store: Store,
@@ -110,7 +235,9 @@ pub struct Engine {
     governor: Governor,
     computers: HashMap<String, Arc<Computer>>,
     run_root: PathBuf,
-    handles: RefCell<Vec<(String, Handle)>>,
+    handles: Rc<RefCell<HashMap<String, Rc<Handle>>>>,
+    changes: broadcast::Sender<ProcessInfo>,
+    forget_ended: Cell<bool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -133,7 +260,138 @@ impl Engine {
         computers: HashMap<String, Arc<Computer>>,
         run_root: impl Into<PathBuf>,
     ) -> Engine {
-        Engine { store, local, governor, computers, run_root: run_root.into(), handles: RefCell::default() }
+        Engine {
+            store,
+            local,
+            governor,
+            computers,
+            run_root: run_root.into(),
+            handles: Rc::default(),
+            changes: broadcast::channel(CHANGES_CAPACITY).0,
+            forget_ended: Cell::new(false),
+        }
+    }
+
+    /// Lets go of each process once it has ended, so that a long-lived engine
+    /// (a daemon) holds only live ones; [`wait_each`](Self::wait_each) and
+    /// [`wait_all`](Self::wait_all) then see only processes still running.
+    pub fn forget_ended(&self) {
+        self.forget_ended.set(true);
+    }
+
+    /// Every state change from now on: the changed process's summary. A
+    /// receiver that falls more than a few thousand changes behind gets
+    /// `Lagged` and should read [`list`](Self::list) again.
+    pub fn changes(&self) -> broadcast::Receiver<ProcessInfo> {
+        self.changes.subscribe()
+    }
+
+    /// The names of the configured computers, sorted.
+    pub fn computer_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.computers.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// A configured computer.
+    pub fn computer_named(&self, name: &str) -> Option<Arc<Computer>> {
+        self.computers.get(name).cloned()
+    }
+
+    /// Every process in the store, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn list(&self) -> Result<Vec<ProcessInfo>, StoreError> {
+        Ok(self.store.list().await?.iter().map(ProcessInfo::from_stored).collect())
+    }
+
+    /// One process with its spec and history, if there is one.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn show(&self, id: &str) -> Result<Option<ProcessDetail>, StoreError> {
+        let Some(stored) = self.store.get(id).await? else { return Ok(None) };
+        let events = self.store.events(id).await?;
+        Ok(Some(ProcessDetail::from_stored(&stored, &events)))
+    }
+
+    /// Pauses, resumes or kills process `id`; a pause or kill returns once it
+    /// has taken effect.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`]: no such process, it has ended, it could not be
+    /// loaded, or the runtime refused.
+    pub async fn control(&self, id: &str, action: Action) -> Result<(), ControlError> {
+        let handle = self.handles.borrow().get(id).cloned();
+        let Some(handle) = handle else {
+            let stored = self.store.get(id).await?.ok_or_else(|| ControlError::Unknown(id.to_owned()))?;
+            let info = ProcessInfo::from_stored(&stored);
+            return Err(if stored.terminal {
+                ControlError::Ended { id: id.to_owned(), state: info.state }
+            } else {
+                let reason = stored.error.unwrap_or_else(|| "it was not resumed".to_owned());
+                ControlError::NotLoaded { id: id.to_owned(), reason }
+            });
+        };
+        handle.act(action).await.map_err(|error| match error {
+            Error::Finished => ControlError::Ended { id: id.to_owned(), state: "ended".to_owned() },
+            error => ControlError::Runtime { id: id.to_owned(), error },
+        })
+    }
+
+    /// Pauses process `id`. See [`control`](Self::control).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`].
+    pub async fn pause(&self, id: &str) -> Result<(), ControlError> {
+        self.control(id, Action::Pause).await
+    }
+
+    /// Resumes process `id`. See [`control`](Self::control).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`].
+    pub async fn resume(&self, id: &str) -> Result<(), ControlError> {
+        self.control(id, Action::Resume).await
+    }
+
+    /// Kills process `id`. See [`control`](Self::control).
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`].
+    pub async fn kill(&self, id: &str) -> Result<(), ControlError> {
+        self.control(id, Action::Kill).await
+    }
+
+    /// Records and starts several processes, all or nothing as far as the
+    /// input goes: every id and computer is checked before the first is
+    /// recorded.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError`]: a duplicate id, an unknown computer (then nothing is
+    /// recorded), a store failure.
+    pub async fn submit_all(&self, jobs: Vec<(String, Job)>) -> Result<(), EngineError> {
+        let mut ids = HashSet::new();
+        for (id, job) in &jobs {
+            if !ids.insert(id.as_str()) || self.store.get(id).await?.is_some() {
+                return Err(EngineError::Duplicate(id.clone()));
+            }
+            if let Job::Scheduler { computer, .. } = job {
+                self.computer(computer)?;
+            }
+        }
+        for (id, job) in jobs {
+            self.submit(&id, job).await?;
+        }
+        Ok(())
     }
 
     /// The store.
@@ -159,14 +417,17 @@ impl Engine {
         let spec = serde_json::to_string(&job).expect("a job serialises");
         match job {
             Job::Shell { spec: shell } => {
-                self.store.insert(new_process(id, "shell", spec, &ShellState::Queued)).await?;
+                let new = new_process(id, "shell", spec, &ShellState::Queued);
+                self.store.insert(new.clone()).await?;
                 let proc = ShellProcess::durable(shell, self.governor.clone(), self.run_root.join(id));
-                self.start_shell(id, proc, false);
+                self.start(id, proc, false, self.template(&new, now_ms()), Handle::Shell);
             }
             Job::Scheduler { computer, spec: job } => {
                 let computer = self.computer(&computer)?;
-                self.store.insert(new_process(id, "scheduler", spec, &JobState::Created)).await?;
-                self.start_scheduler(id, SchedulerProcess::new(job, computer), false);
+                let new = new_process(id, "scheduler", spec, &JobState::Created);
+                self.store.insert(new.clone()).await?;
+                let proc = SchedulerProcess::new(job, computer);
+                self.start(id, proc, false, self.template(&new, now_ms()), Handle::Scheduler);
             }
         }
         Ok(())
@@ -219,7 +480,7 @@ impl Engine {
     pub async fn recover(&self) -> Result<Recovery, EngineError> {
         let mut recovery = Recovery { cancels: self.resume_pending_cancels().await?, ..Recovery::default() };
         for stored in self.store.unfinished().await? {
-            match self.resume(&stored.id, &stored.kind, &stored.spec, &stored.checkpoint, stored.paused) {
+            match self.restore(&stored) {
                 Ok(()) => recovery.resumed.push(stored.id),
                 Err(error) => {
                     self.store.mark_error(&stored.id, &error).await?;
@@ -230,40 +491,61 @@ impl Engine {
         Ok(recovery)
     }
 
-    fn resume(&self, id: &str, kind: &str, spec: &str, checkpoint: &str, paused: bool) -> Result<(), String> {
-        let job: Job = serde_json::from_str(spec).map_err(|e| format!("unreadable spec: {e}"))?;
-        match (kind, job) {
+    fn restore(&self, stored: &StoredProcess) -> Result<(), String> {
+        let (id, paused) = (stored.id.as_str(), stored.paused);
+        let template = ProcessInfo::from_stored(stored);
+        let job: Job = serde_json::from_str(&stored.spec).map_err(|e| format!("unreadable spec: {e}"))?;
+        match (stored.kind.as_str(), job) {
             ("shell", Job::Shell { spec }) => {
-                let state: ShellState = decode(checkpoint).map_err(|e| e.to_string())?;
+                let state: ShellState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
                 let proc = ShellProcess::restore(spec, self.governor.clone(), self.run_root.join(id), state);
-                self.start_shell(id, proc, paused);
+                self.start(id, proc, paused, template, Handle::Shell);
             }
             ("scheduler", Job::Scheduler { computer, spec }) => {
-                let state: JobState = decode(checkpoint).map_err(|e| e.to_string())?;
+                let state: JobState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
                 let computer = self.computer(&computer).map_err(|e| e.to_string())?;
-                self.start_scheduler(id, SchedulerProcess::restore(spec, computer, state), paused);
+                self.start(id, SchedulerProcess::restore(spec, computer, state), paused, template, Handle::Scheduler);
             }
             (kind, _) => return Err(format!("unknown process kind `{kind}`")),
         }
         Ok(())
     }
 
-    fn start_shell(&self, id: &str, proc: ShellProcess, paused: bool) {
-        let h = self.spawn(id, proc, paused);
-        self.handles.borrow_mut().push((id.to_owned(), Handle::Shell(h)));
+    /// The summary a new process's changes are announced with.
+    fn template(&self, new: &NewProcess, created_at: i64) -> ProcessInfo {
+        let stored = StoredProcess {
+            id: new.id.clone(),
+            kind: new.kind.clone(),
+            spec: new.spec.clone(),
+            parent: new.parent.clone(),
+            checkpoint: new.checkpoint.clone(),
+            paused: false,
+            terminal: false,
+            created_at,
+            updated_at: created_at,
+            error: None,
+        };
+        let info = ProcessInfo::from_stored(&stored);
+        let _ = self.changes.send(info.clone());
+        info
     }
 
-    fn start_scheduler(&self, id: &str, proc: SchedulerProcess, paused: bool) {
-        let h = self.spawn(id, proc, paused);
-        self.handles.borrow_mut().push((id.to_owned(), Handle::Scheduler(h)));
-    }
-
-    fn spawn<S, P>(&self, id: &str, proc: P, paused: bool) -> ProcessHandler<S, P>
-    where
+    fn start<S, P>(
+        &self,
+        id: &str,
+        proc: P,
+        paused: bool,
+        template: ProcessInfo,
+        wrap: fn(ProcessHandler<S, P>) -> Handle,
+    ) where
         S: State + Checkpoint,
         P: Process<S> + 'static,
     {
-        let recorder = StoreRecorder::new(self.store.clone(), id);
+        let recorder = EngineRecorder {
+            store: StoreRecorder::new(self.store.clone(), id),
+            template,
+            changes: self.changes.clone(),
+        };
         // Paused by a request (not by itself): stays paused, without its hook.
         let h = if paused && !proc.is_paused() {
             spawn_recorded_paused(&self.local, proc, DriveMode::FireAndForget, recorder)
@@ -271,7 +553,18 @@ impl Engine {
             spawn_recorded(&self.local, proc, DriveMode::FireAndForget, recorder)
         };
         let _ = h.try_nudge();
-        h
+        let handle = Rc::new(wrap(h));
+        self.handles.borrow_mut().insert(id.to_owned(), handle.clone());
+        if self.forget_ended.get() {
+            let id = id.to_owned();
+            let map = Rc::downgrade(&self.handles);
+            tokio::task::spawn_local(async move {
+                handle.outcome().await;
+                if let Some(map) = map.upgrade() {
+                    map.borrow_mut().remove(&id);
+                }
+            });
+        }
     }
 
     /// Waits for every process started so far to end, calling `each` as each
@@ -282,7 +575,7 @@ impl Engine {
         for (id, handle) in handles {
             let tx = tx.clone();
             tokio::task::spawn_local(async move {
-                let _ = tx.send((id, join(handle).await));
+                let _ = tx.send((id, handle.outcome().await));
             });
         }
         drop(tx);
@@ -299,22 +592,9 @@ impl Engine {
         let handles = std::mem::take(&mut *self.handles.borrow_mut());
         let mut outcomes = Vec::with_capacity(handles.len());
         for (id, handle) in handles {
-            outcomes.push((id, join(handle).await));
+            outcomes.push((id, handle.outcome().await));
         }
         outcomes
-    }
-}
-
-async fn join(handle: Handle) -> Outcome {
-    match handle {
-        Handle::Shell(h) => match h.join().await {
-            Ok(p) => Outcome::Shell(p.state().clone()),
-            Err(e) => Outcome::Error(e),
-        },
-        Handle::Scheduler(h) => match h.join().await {
-            Ok(p) => Outcome::Scheduler(p.state().clone()),
-            Err(e) => Outcome::Error(e),
-        },
     }
 }
 

@@ -403,6 +403,19 @@ impl Store {
         }))
     }
 
+    /// Every process, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn list(&self) -> Result<Vec<StoredProcess>, StoreError> {
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
+                           FROM processes ORDER BY created_at, id";
+        Ok(on_db!(&self.db, pool => {
+            sqlx::query(SQL).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
+        }))
+    }
+
     /// Terminal processes of `kind` whose latest checkpoint contains `marker`
     /// (a fragment of its JSON): for work left to finish after the end, such
     /// as a cancel that was still to be confirmed when the engine stopped.

@@ -76,6 +76,8 @@ async fn records_and_reads(backend: Backend) {
 
     let unfinished: Vec<String> = store.unfinished().await.unwrap().into_iter().map(|p| p.id).collect();
     assert_eq!(unfinished, vec!["b".to_owned()]);
+    let all: Vec<(String, bool)> = store.list().await.unwrap().into_iter().map(|p| (p.id, p.terminal)).collect();
+    assert_eq!(all, vec![("a".to_owned(), true), ("b".to_owned(), false)]);
     let log: Vec<ShellState> =
         store.events("a").await.unwrap().iter().map(|e| decode::<ShellState>(&e.checkpoint).unwrap()).collect();
     assert_eq!(log, vec![ShellState::Queued, running, done]);
