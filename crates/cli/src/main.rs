@@ -1,23 +1,51 @@
 //! `drover`, the command-line program.
 
 mod config;
+mod daemon;
+mod fmt;
 mod jobfile;
+mod remote;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use clap::{Parser, Subcommand};
-use drover_engine::{Engine, Outcome};
+use clap::{CommandFactory, Parser, Subcommand};
+use drover_daemon::api::Stream;
+use drover_engine::{Action, Engine, Outcome};
 use drover_shell::{Governor, ShellState};
 use drover_store::Store;
 use tokio::task::LocalSet;
 
+/// Bad input: a job file, a configuration, an id, a usage error.
+pub(crate) const EXIT_BAD_INPUT: u8 = 2;
+/// No daemon is running (for the commands that need one).
+pub(crate) const EXIT_NO_DAEMON: u8 = 3;
+
 /// drover runs scientific computations as durable, controllable state machines.
+///
+/// `drover run` runs job files in the foreground. `drover daemon start` runs
+/// the engine in the background; `submit`, `list`, `show`, `pause`, `resume`,
+/// `kill`, `watch` and `logs` talk to it.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  drover run examples/quickstart.toml
+  drover daemon start --http 127.0.0.1:7878
+  drover submit examples/quickstart.toml
+  drover list --state running
+  drover kill --all
+
+Exit codes:
+  0  success
+  1  a job failed, or a check or an action did not succeed
+  2  bad input: a job file, the configuration, an id, the command line
+  3  no daemon is running (for the commands that need one)"
+)]
 struct Cli {
     /// Where drover keeps its store and job outputs [default: $DROVER_DATA_DIR,
     /// else $XDG_DATA_HOME/drover, else ~/.local/share/drover].
@@ -51,9 +79,122 @@ enum Command {
         #[arg(long, short = 'j', value_name = "N")]
         jobs: Option<usize>,
     },
+    /// Submits the jobs of one or more job files to the daemon, all or none.
+    ///
+    /// The files are checked first: a file with an error submits nothing.
+    #[command(after_help = "Examples:\n  drover submit examples/quickstart.toml\n  drover submit --json a.toml b.toml")]
+    Submit {
+        /// The job files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print the run id and the process ids as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the daemon's processes, oldest first, with counts per state.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  drover list\n  drover list --state running --kind scheduler\n  drover list --state active --json"
+    )]
+    List {
+        #[command(flatten)]
+        filter: remote::FilterArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one process: its spec, state, history of transitions and outputs.
+    #[command(
+        after_help = "Examples:\n  drover show run-mi5k8z1c.quickstart.hello\n  drover show quickstart.hello --json"
+    )]
+    Show {
+        /// Its id, or a unique end of it (like `quickstart.hello`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pauses processes; returns once each is paused.
+    #[command(after_help = "Examples:\n  drover pause quickstart.sleepy\n  drover pause --state queued")]
+    Pause(remote::Targets),
+    /// Resumes paused processes.
+    #[command(after_help = "Examples:\n  drover resume quickstart.sleepy\n  drover resume --state paused")]
+    Resume(remote::Targets),
+    /// Kills processes; returns once each has ended. A scheduler job whose
+    /// cluster cannot be reached is cancelled in the background until the
+    /// scheduler confirms.
+    #[command(
+        after_help = "Examples:\n  drover kill quickstart.sleepy\n  drover kill --computer cluster --state queued\n  drover kill --all"
+    )]
+    Kill(remote::Targets),
+    /// Prints every state change as it happens, until interrupted.
+    #[command(after_help = "Examples:\n  drover watch\n  drover watch --kind scheduler --json")]
+    Watch {
+        #[command(flatten)]
+        filter: remote::FilterArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a process's standard output (or error).
+    ///
+    /// Shell jobs' outputs are read where they are written; a scheduler job's
+    /// are read on its computer while it runs and locally once retrieved.
+    #[command(
+        after_help = "Examples:\n  drover logs quickstart.hello\n  drover logs --stderr --follow quickstart.sleepy"
+    )]
+    Logs {
+        /// Its id, or a unique end of it.
+        id: String,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing what comes until the process ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// The daemon: the engine in the background, with a control API and a web page.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
     /// Computers defined in `computers.toml`.
     #[command(subcommand)]
     Computer(ComputerCommand),
+    /// Prints a shell completion script.
+    #[command(
+        after_help = "Examples:\n  drover completions bash > ~/.local/share/bash-completion/completions/drover\n  drover completions zsh > ~/.zfunc/_drover"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonCommand {
+    /// Starts the daemon in the background (a second start says it is already running).
+    ///
+    /// The daemon resumes the store's unfinished processes, serves the
+    /// control API on `daemon.sock` in the data directory and, with `--http`,
+    /// the API and a live web page on a loopback address. Its pid and log
+    /// are `daemon.pid` and `daemon.log` in the data directory.
+    #[command(after_help = "Examples:\n  drover daemon start\n  drover daemon start --http 127.0.0.1:7878 -j 8")]
+    Start(daemon::DaemonOptions),
+    /// Stops the daemon. Its processes are left as after a crash: shell
+    /// commands run on, cluster jobs stay queued; the next start resumes them.
+    #[command(after_help = "Examples:\n  drover daemon stop")]
+    Stop,
+    /// Says whether a daemon runs, and what it serves.
+    ///
+    /// Exit code 3 when none runs.
+    #[command(after_help = "Examples:\n  drover daemon status\n  drover daemon status --json")]
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs the daemon in the foreground (for systemd and the like).
+    #[command(after_help = "Examples:\n  drover daemon run --http 127.0.0.1:7878")]
+    Run(daemon::DaemonOptions),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,11 +219,29 @@ fn data_dir(given: Option<PathBuf>) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let data = data_dir(cli.data_dir);
-    let config = cli.config_dir.unwrap_or_else(config::config_dir);
+    let data = daemon::absolute(data_dir(cli.data_dir));
+    let config = daemon::absolute(cli.config_dir.unwrap_or_else(config::config_dir));
     match cli.command {
         Command::Run { files, jobs } => run(&data, &config, &files, jobs),
+        Command::Submit { files, json } => remote::submit(&data, &files, json),
+        Command::List { filter, json } => remote::list(&data, filter.into(), json),
+        Command::Show { id, json } => remote::show(&data, &id, json),
+        Command::Pause(targets) => remote::control(&data, Action::Pause, targets),
+        Command::Resume(targets) => remote::control(&data, Action::Resume, targets),
+        Command::Kill(targets) => remote::control(&data, Action::Kill, targets),
+        Command::Watch { filter, json } => remote::watch(&data, filter.into(), json),
+        Command::Logs { id, stderr, follow } => {
+            remote::logs(&data, &id, if stderr { Stream::Stderr } else { Stream::Stdout }, follow)
+        }
+        Command::Daemon(DaemonCommand::Start(options)) => daemon::start(&data, &config, options),
+        Command::Daemon(DaemonCommand::Stop) => daemon::stop(&data),
+        Command::Daemon(DaemonCommand::Status { json }) => daemon::status(&data, json),
+        Command::Daemon(DaemonCommand::Run(options)) => daemon::run(&data, &config, options),
         Command::Computer(ComputerCommand::Test { name }) => test_computer(&config, &name),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -165,8 +324,7 @@ fn test_computer(config: &std::path::Path, name: &str) -> ExitCode {
 
 fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs: Option<usize>) -> ExitCode {
     let started = Instant::now();
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let run_id = format!("run-{stamp}");
+    let run_id = remote::new_run_id();
     let out_dir = data.join("runs").join(&run_id);
     let computers = match config::computers(config) {
         Ok(computers) => computers,

@@ -125,10 +125,10 @@ impl JobSpec {
         }
         let r = &self.resources;
         for (what, value) in [("partition", &r.partition), ("account", &r.account), ("qos", &r.qos)] {
-            if let Some(v) = value {
-                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,".contains(c)) {
-                    return bad(format!("{what} `{v}` may hold only letters, digits, `-`, `_`, `.` and `,`"));
-                }
+            if let Some(v) = value
+                && (v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.,".contains(c)))
+            {
+                return bad(format!("{what} `{v}` may hold only letters, digits, `-`, `_`, `.` and `,`"));
             }
         }
         for d in &self.extra_directives {

@@ -160,14 +160,14 @@ impl SchedulerProcess {
             return;
         }
         for upload in &self.spec.uploads {
-            if let Source::Path(path) = &upload.source {
-                if !path.is_file() {
-                    self.state = JobState::Failed {
-                        job_id: None,
-                        reason: format!("input file `{}` does not exist or is not a file", path.display()),
-                    };
-                    return;
-                }
+            if let Source::Path(path) = &upload.source
+                && !path.is_file()
+            {
+                self.state = JobState::Failed {
+                    job_id: None,
+                    reason: format!("input file `{}` does not exist or is not a file", path.display()),
+                };
+                return;
             }
         }
         self.state = JobState::Uploading;

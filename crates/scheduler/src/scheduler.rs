@@ -375,10 +375,10 @@ impl Scheduler for Direct {
         for line in out.stdout.lines() {
             let mut words = line.split_whitespace();
             let (Some(pid), Some(stat)) = (words.next(), words.next()) else { continue };
-            if let Some(slot) = map.get_mut(pid) {
-                if !stat.starts_with('Z') {
-                    *slot = JobStatus::Running;
-                }
+            if let Some(slot) = map.get_mut(pid)
+                && !stat.starts_with('Z')
+            {
+                *slot = JobStatus::Running;
             }
         }
         Ok(map)

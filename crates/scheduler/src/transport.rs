@@ -287,14 +287,14 @@ impl Ssh {
         if let Some(session) = &conn.session {
             return Ok(session.clone());
         }
-        if let Some(failed_at) = conn.failed_at {
-            if failed_at.elapsed() < conn.backoff {
-                return Err(self.unreachable(format!(
-                    "{} (next attempt in {:?})",
-                    conn.last_error,
-                    conn.backoff - failed_at.elapsed()
-                )));
-            }
+        if let Some(failed_at) = conn.failed_at
+            && failed_at.elapsed() < conn.backoff
+        {
+            return Err(self.unreachable(format!(
+                "{} (next attempt in {:?})",
+                conn.last_error,
+                conn.backoff - failed_at.elapsed()
+            )));
         }
         let config = &self.inner.config;
         let connected = match &config.control_path {

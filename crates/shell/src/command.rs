@@ -189,14 +189,14 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
         _ => StartError::Spawn { path: program.clone(), source },
     })?;
     let pid = child.id().expect("a child that was just started has a pid");
-    if let Input::Bytes(bytes) = &spec.stdin {
-        if let Some(mut pipe) = child.stdin.take() {
-            let bytes = bytes.clone();
-            // The child may exit without reading: a broken pipe is not an error.
-            tokio::spawn(async move {
-                let _ = pipe.write_all(&bytes).await;
-            });
-        }
+    if let Input::Bytes(bytes) = &spec.stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        let bytes = bytes.clone();
+        // The child may exit without reading: a broken pipe is not an error.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&bytes).await;
+        });
     }
     Ok(Started { child, pid })
 }

@@ -334,15 +334,15 @@ impl ShellProcess {
     }
 
     async fn wait(&mut self) {
-        if self.run.is_none() {
-            if let (Some(run_dir), ShellState::Running { pid, .. }) = (self.run_dir.clone(), &self.state) {
-                // Restored: re-attach to the child an earlier engine started.
-                let pid = *pid;
-                let slot = interruptible(self.governor.acquire()).await;
-                self.adopt(&run_dir, Some(pid), slot).await;
-                if self.run.is_none() {
-                    return;
-                }
+        if self.run.is_none()
+            && let (Some(run_dir), ShellState::Running { pid, .. }) = (self.run_dir.clone(), &self.state)
+        {
+            // Restored: re-attach to the child an earlier engine started.
+            let pid = *pid;
+            let slot = interruptible(self.governor.acquire()).await;
+            self.adopt(&run_dir, Some(pid), slot).await;
+            if self.run.is_none() {
+                return;
             }
         }
         let run_dir = self.run_dir.clone();
@@ -411,18 +411,19 @@ impl Process<ShellState> for ShellProcess {
     async fn kill(&mut self) {
         if self.run.is_none() {
             // Restored and not re-attached yet: the group is the recorded pid.
-            if let ShellState::Running { pid, .. } | ShellState::Paused { pid, .. } = self.state {
-                if self.run_dir.is_some() && alive(pid) {
-                    let run = Run {
-                        leader: Leader::Adopted { pid },
-                        pgid: pid,
-                        durable: true,
-                        ran: Duration::ZERO,
-                        since: Instant::now(),
-                        _slot: self.governor.unlimited_slot(),
-                    };
-                    self.run = Some(run);
-                }
+            if let ShellState::Running { pid, .. } | ShellState::Paused { pid, .. } = self.state
+                && self.run_dir.is_some()
+                && alive(pid)
+            {
+                let run = Run {
+                    leader: Leader::Adopted { pid },
+                    pgid: pid,
+                    durable: true,
+                    ran: Duration::ZERO,
+                    since: Instant::now(),
+                    _slot: self.governor.unlimited_slot(),
+                };
+                self.run = Some(run);
             }
         }
         if let Some(mut run) = self.run.take() {

@@ -1,0 +1,389 @@
+//! The commands that talk to a running daemon: submit, list, show, pause,
+//! resume, kill, watch, logs.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use drover_daemon::api::{
+    Control, ControlResults, Filter, Info, LogChunk, NewJob, ProcessDetail, ProcessList, Stream, Submit, Submitted,
+};
+use drover_daemon::{Client, ClientError, Paths, StatusCode};
+use drover_engine::{Action, Job, ProcessInfo};
+use drover_shell::Output;
+
+use crate::daemon::{client, runtime};
+use crate::{EXIT_BAD_INPUT, EXIT_NO_DAEMON, fmt, jobfile};
+
+/// Which processes, by state, kind and computer.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FilterArgs {
+    /// Only processes in this state (queued, running, paused, finished,
+    /// failed, killed, ...; `active`: every one that has not ended).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only processes of this kind (shell, scheduler).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only processes on this computer.
+    #[arg(long)]
+    computer: Option<String>,
+}
+
+impl From<FilterArgs> for Filter {
+    fn from(a: FilterArgs) -> Filter {
+        Filter { state: a.state, kind: a.kind, computer: a.computer }
+    }
+}
+
+/// Which processes a command is about: ids, or a filter.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Targets {
+    /// Process ids (or a unique end of one, like `quickstart.hello`).
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Every process that has not ended.
+    #[arg(long, conflicts_with_all = ["ids", "state"])]
+    all: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Why a remote command failed, with its exit code.
+struct Failure(u8, String);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::NoDaemon { .. } => Failure(EXIT_NO_DAEMON, e.to_string()),
+            ClientError::Api { status, .. } if status == StatusCode::NOT_FOUND || status.is_client_error() => {
+                Failure(EXIT_BAD_INPUT, e.to_string())
+            }
+            e => Failure(1, e.to_string()),
+        }
+    }
+}
+
+fn finish(result: Result<ExitCode, Failure>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            eprintln!("drover: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn json_line<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string(value).expect("serialisable"));
+}
+
+fn json_pretty<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serialisable"));
+}
+
+/// A new submission's id: `run-` and the time in base 36.
+pub(crate) fn new_run_id() -> String {
+    let mut n = u64::try_from(fmt::now_ms()).unwrap_or(0);
+    let mut digits = Vec::new();
+    while n > 0 {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    digits.reverse();
+    format!("run-{}", String::from_utf8(digits).unwrap_or_default())
+}
+
+/// `drover submit`.
+pub(crate) fn submit(data: &Path, files: &[PathBuf], json: bool) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let client = client(data);
+        let info: Info = client.get("/v1/info").await?;
+        let run_id = new_run_id();
+        let out_dir = Paths::new(&info.data_dir).runs().join(&run_id);
+        let planned = jobfile::load(files, &out_dir, &run_id, &info.computers)
+            .map_err(|e| Failure(EXIT_BAD_INPUT, format!("{e}\ndrover: nothing was submitted")))?;
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| Failure(1, format!("cannot create {}: {e}", out_dir.display())))?;
+        let jobs = planned.into_iter().map(|p| NewJob { id: format!("{run_id}.{}", p.id), job: p.job }).collect();
+        let submitted: Submitted = client.post("/v1/processes", &Submit { jobs }).await?;
+        if json {
+            json_line(&serde_json::json!({ "run": run_id, "ids": submitted.ids, "outputs": out_dir }));
+        } else {
+            println!("submitted {} jobs as {run_id}; outputs in {}", submitted.ids.len(), out_dir.display());
+            println!("  follow them with `drover watch`, or `drover list --state active`");
+        }
+        Ok(ExitCode::SUCCESS)
+    }))
+}
+
+fn query(filter: &Filter) -> String {
+    let mut parts = Vec::new();
+    for (key, value) in [("state", &filter.state), ("kind", &filter.kind), ("computer", &filter.computer)] {
+        if let Some(v) = value {
+            parts.push(format!("{key}={}", encode(v)));
+        }
+    }
+    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `drover list`.
+pub(crate) fn list(data: &Path, filter: Filter, json: bool) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let list: ProcessList = client(data).get(&format!("/v1/processes{}", query(&filter))).await?;
+        if json {
+            json_pretty(&list);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let rows: Vec<Vec<String>> = list
+            .processes
+            .iter()
+            .map(|p| {
+                vec![
+                    p.id.clone(),
+                    p.kind.clone(),
+                    p.computer.clone().unwrap_or_else(|| "-".into()),
+                    p.status().to_owned(),
+                    p.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                    fmt::age(p.created_at),
+                    p.error.clone().or_else(|| p.detail.clone()).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!("{}", fmt::table(&["ID", "KIND", "COMPUTER", "STATE", "EXIT", "AGE", "DETAIL"], &rows));
+        let per: Vec<String> = list.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let total: usize = list.counts.values().sum();
+        println!(
+            "{} shown of {total}: {}",
+            list.processes.len(),
+            if per.is_empty() { "-".into() } else { per.join(", ") }
+        );
+        Ok(ExitCode::SUCCESS)
+    }))
+}
+
+/// The process a user means: an exact id, or the one id that ends with
+/// `.GIVEN` or starts with `GIVEN`.
+async fn resolve(client: &Client, given: &str, all: &[ProcessInfo]) -> Result<String, Failure> {
+    if all.iter().any(|p| p.id == given) {
+        return Ok(given.to_owned());
+    }
+    let _ = client;
+    let dotted = format!(".{given}");
+    let matches: Vec<&str> =
+        all.iter().filter(|p| p.id.ends_with(&dotted) || p.id.starts_with(given)).map(|p| p.id.as_str()).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(Failure(EXIT_BAD_INPUT, format!("no process `{given}` (see `drover list`)"))),
+        many => Err(Failure(
+            EXIT_BAD_INPUT,
+            format!("`{given}` could be any of {} processes: {}", many.len(), many.join(", ")),
+        )),
+    }
+}
+
+async fn all_processes(client: &Client) -> Result<Vec<ProcessInfo>, Failure> {
+    Ok(client.get::<ProcessList>("/v1/processes").await?.processes)
+}
+
+/// `drover show`.
+pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let client = client(data);
+        let id = resolve(&client, given, &all_processes(&client).await?).await?;
+        let detail: ProcessDetail = client.get(&format!("/v1/processes/{}", encode(&id))).await?;
+        if json {
+            json_pretty(&detail);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let p = &detail.info;
+        let mut state = p.status().to_owned();
+        if let Some(code) = p.exit_code {
+            state.push_str(&format!(" (exit {code})"));
+        }
+        println!("id:        {}", p.id);
+        println!("kind:      {}", p.kind);
+        if let Some(c) = &p.computer {
+            println!("computer:  {c}");
+        }
+        println!("state:     {state}");
+        if let Some(d) = &p.detail {
+            println!("detail:    {d}");
+        }
+        if let Some(e) = &p.error {
+            println!("error:     {e}");
+        }
+        println!("submitted: {} ({} ago)", fmt::utc(p.created_at), fmt::age(p.created_at));
+        match serde_json::from_value::<Job>(detail.spec.clone()) {
+            Ok(Job::Shell { spec }) => {
+                println!(
+                    "command:   {}",
+                    drover_scheduler::quote_all(
+                        std::iter::once(spec.program.as_str()).chain(spec.args.iter().map(String::as_str))
+                    )
+                );
+                if let Some(cwd) = &spec.cwd {
+                    println!("cwd:       {}", cwd.display());
+                }
+                for (name, output) in [("stdout", &spec.stdout), ("stderr", &spec.stderr)] {
+                    if let Output::File(path) | Output::Append(path) = output {
+                        println!("{name}:    {}", path.display());
+                    }
+                }
+            }
+            Ok(Job::Scheduler { spec, .. }) => {
+                println!(
+                    "command:   {}",
+                    drover_scheduler::quote_all(
+                        std::iter::once(spec.command.as_str()).chain(spec.args.iter().map(String::as_str))
+                    )
+                );
+                println!("outputs:   {}", spec.local_dir.display());
+            }
+            Err(_) => println!("spec:      {}", detail.spec),
+        }
+        println!("history:");
+        for t in &detail.history {
+            let paused = if t.paused && t.state != "paused" { " (paused)" } else { "" };
+            println!("  {}  {}{paused}", fmt::utc_time_ms(t.at), t.state);
+        }
+        Ok(ExitCode::SUCCESS)
+    }))
+}
+
+/// `drover pause|resume|kill`.
+pub(crate) fn control(data: &Path, action: Action, targets: Targets) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let client = client(data);
+        let mut filter = Filter::from(targets.filter.clone());
+        if targets.all {
+            filter.state = Some("active".into());
+        }
+        if targets.ids.is_empty() && filter.is_empty() {
+            return Err(Failure(
+                EXIT_BAD_INPUT,
+                "name the processes: give ids, or --state/--kind/--computer, or --all".into(),
+            ));
+        }
+        let all = all_processes(&client).await?;
+        let mut ids = Vec::new();
+        for given in &targets.ids {
+            ids.push(resolve(&client, given, &all).await?);
+        }
+        if !filter.is_empty() {
+            let chosen = all.iter().filter(|p| filter.matches(p) && (ids.is_empty() || ids.contains(&p.id)));
+            let chosen: Vec<String> = chosen.map(|p| p.id.clone()).collect();
+            ids = chosen;
+        }
+        if ids.is_empty() {
+            if targets.json {
+                json_line(&ControlResults { results: Vec::new() });
+            } else {
+                println!("no process matches");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let results: ControlResults = client.post("/v1/control", &Control { action, ids }).await?;
+        let failed = results.results.iter().filter(|r| !r.ok).count();
+        if targets.json {
+            json_line(&results);
+        } else {
+            let done = match action {
+                Action::Pause => "paused",
+                Action::Resume => "resumed",
+                Action::Kill => "killed",
+            };
+            for r in &results.results {
+                match &r.error {
+                    None => println!("{done:<8} {}", r.id),
+                    Some(e) => println!("failed   {}: {e}", r.id),
+                }
+            }
+        }
+        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }))
+}
+
+/// `drover watch`: one line per state change, until interrupted.
+pub(crate) fn watch(data: &Path, filter: Filter, json: bool) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let client = client(data);
+        let mut events = client.events("/v1/events").await?;
+        if !json {
+            let list: ProcessList = client.get("/v1/processes").await?;
+            let per: Vec<String> = list.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            println!("watching {} processes ({}); Ctrl-C to stop", list.processes.len(), per.join(", "));
+        }
+        while let Some(event) = events.next().await? {
+            match event.event.as_str() {
+                "process" => {
+                    let Ok(p) = serde_json::from_str::<ProcessInfo>(&event.data) else { continue };
+                    if !filter.matches(&p) {
+                        continue;
+                    }
+                    if json {
+                        println!("{}", event.data);
+                    } else {
+                        let mut extra = String::new();
+                        if let Some(code) = p.exit_code {
+                            extra.push_str(&format!(" exit {code}"));
+                        }
+                        if let Some(d) = &p.detail {
+                            extra.push_str(&format!(" ({d})"));
+                        }
+                        println!("{}  {:<10} {}{extra}", fmt::utc_time_ms(p.updated_at), p.status(), p.id);
+                    }
+                    let _ = std::io::stdout().flush();
+                }
+                "lagged" if !json => println!("(fell behind by {} changes)", event.data),
+                _ => {}
+            }
+        }
+        Err(Failure(1, "the daemon closed the stream (it stopped?)".into()))
+    }))
+}
+
+/// `drover logs`.
+pub(crate) fn logs(data: &Path, given: &str, stream: Stream, follow: bool) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let client = client(data);
+        let id = resolve(&client, given, &all_processes(&client).await?).await?;
+        let name = if stream == Stream::Stdout { "stdout" } else { "stderr" };
+        let mut offset = 0;
+        let mut out = std::io::stdout().lock();
+        loop {
+            let path = format!("/v1/processes/{}/logs?stream={name}&offset={offset}", encode(&id));
+            let chunk: LogChunk = client.get(&path).await?;
+            let _ = out.write_all(chunk.data.as_bytes());
+            let _ = out.flush();
+            let empty = chunk.offset == offset;
+            offset = chunk.offset;
+            if !follow || (chunk.terminal && empty) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if empty {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }))
+}

@@ -1,0 +1,159 @@
+//! The control API's messages, shared by the server and the client. The
+//! routes and their shapes are described in the OpenAPI document the daemon
+//! serves at `GET /v1/openapi.json` (the file `openapi.json` of this crate).
+
+use std::collections::BTreeMap;
+
+use drover_engine::{Action, Job, ProcessInfo};
+use serde::{Deserialize, Serialize};
+
+pub use drover_engine::{ProcessDetail, Transition};
+
+/// `GET /v1/info`: who is answering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// drover's version.
+    pub version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// When it started (Unix milliseconds).
+    pub started_at: i64,
+    /// Its data directory (store, outputs, socket, log).
+    pub data_dir: String,
+    /// Its store (a path, or a PostgreSQL URL without password).
+    pub store: String,
+    /// The Unix socket of the API.
+    pub socket: String,
+    /// The loopback address of the API and web page, if it listens on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// The computers it knows, by name.
+    pub computers: Vec<String>,
+}
+
+/// Which processes: every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// A status (`queued`, `running`, `paused`, `finished`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// A kind (`shell`, `scheduler`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A computer's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computer: Option<String>,
+}
+
+impl Filter {
+    /// Whether `info` matches. `state` matches the status (so `paused`
+    /// matches paused processes) or the state's name; `active` matches every
+    /// process that has not ended.
+    pub fn matches(&self, info: &ProcessInfo) -> bool {
+        let state_ok = self
+            .state
+            .as_deref()
+            .is_none_or(|s| s == info.status() || s == info.state || (s == "active" && !info.terminal));
+        state_ok
+            && self.kind.as_deref().is_none_or(|k| k == info.kind)
+            && self.computer.as_deref().is_none_or(|c| info.computer.as_deref() == Some(c))
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none() && self.kind.is_none() && self.computer.is_none()
+    }
+}
+
+/// `GET /v1/processes`: the processes that match, and counts per status of
+/// all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessList {
+    /// The processes, oldest first.
+    pub processes: Vec<ProcessInfo>,
+    /// How many processes there are per status (over all, not only those listed).
+    pub counts: BTreeMap<String, usize>,
+}
+
+/// One job to submit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Its id, unique in the store.
+    pub id: String,
+    /// What it runs.
+    pub job: Job,
+}
+
+/// `POST /v1/processes`: jobs to record and start, all or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submit {
+    /// The jobs.
+    pub jobs: Vec<NewJob>,
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The ids recorded and started.
+    pub ids: Vec<String>,
+}
+
+/// `POST /v1/control`: one action on several processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// What to do.
+    pub action: Action,
+    /// To which processes.
+    pub ids: Vec<String>,
+}
+
+/// What a control action did to one process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlResult {
+    /// The process.
+    pub id: String,
+    /// Whether it took effect.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to `POST /v1/control`, one result per id, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlResults {
+    /// The results.
+    pub results: Vec<ControlResult>,
+}
+
+/// Which output of a process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    #[default]
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// `GET /v1/processes/{id}/logs`: a piece of a process's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The text, from byte `offset` of the asked-for offset on.
+    pub data: String,
+    /// Where the next piece starts: ask again from here.
+    pub offset: u64,
+    /// Whether the process has ended (then nothing more will come once a
+    /// piece comes back empty).
+    pub terminal: bool,
+    /// Where the output is read from (a local file, or `computer:path`).
+    pub source: String,
+}
+
+/// An error answer: `{"error": "..."}`, with an HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}

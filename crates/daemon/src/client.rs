@@ -1,0 +1,248 @@
+//! A client of the control API, over the daemon's Unix socket or a TCP
+//! address (with its token). One HTTP/1.1 connection per request: the CLI
+//! makes a handful.
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
+
+/// Where the API is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A daemon's Unix socket.
+    Unix(PathBuf),
+    /// A TCP address (`host:port`), with the token to send, if any.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// Sent as `Authorization: Bearer`.
+        token: Option<String>,
+    },
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens there: no daemon runs.
+    #[error("no drover daemon is running (nothing answers at {where_}): start one with `drover daemon start`")]
+    NoDaemon {
+        /// The socket or address.
+        where_: String,
+    },
+    /// The API answered with an error.
+    #[error("{message}")]
+    Api {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The API's message.
+        message: String,
+    },
+    /// The connection failed midway, or the answer was not what was expected.
+    #[error("the control API at {where_}: {message}")]
+    Protocol {
+        /// The socket or address.
+        where_: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A client. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Client {
+    target: Target,
+}
+
+/// One server-sent event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    /// Its `event:` name (`message` if none).
+    pub event: String,
+    /// Its `data:` lines, joined by newlines.
+    pub data: String,
+}
+
+/// An open stream of server-sent events.
+#[derive(Debug)]
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream. Comments
+    /// (keep-alives) are skipped.
+    ///
+    /// # Errors
+    ///
+    /// When the connection breaks.
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut event, mut data) = (String::from("message"), Vec::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a comment
+                }
+                return Ok(Some(SseEvent { event, data: data.join("\n") }));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::Protocol { where_: "the event stream".into(), message: e.to_string() });
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// A client of `target`.
+    pub fn new(target: Target) -> Client {
+        Client { target }
+    }
+
+    fn where_(&self) -> String {
+        match &self.target {
+            Target::Unix(p) => p.display().to_string(),
+            Target::Tcp { addr, .. } => addr.clone(),
+        }
+    }
+
+    /// Sends a request and returns the status and the body as it came.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NoDaemon`] when nothing listens, [`ClientError::Protocol`].
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol { where_: self.where_(), message: e.to_string() })?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let where_ = self.where_();
+        let protocol =
+            |e: &dyn std::fmt::Display| ClientError::Protocol { where_: where_.clone(), message: e.to_string() };
+        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, "drover");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let mut sender = match &self.target {
+            Target::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|_| ClientError::NoDaemon { where_: where_.clone() })?;
+                handshake(stream).await.map_err(|e| protocol(&e))?
+            }
+            Target::Tcp { addr, token } => {
+                if let Some(token) = token {
+                    request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+                }
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|_| ClientError::NoDaemon { where_: where_.clone() })?;
+                handshake(stream).await.map_err(|e| protocol(&e))?
+            }
+        };
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| protocol(&e))?;
+        sender.send_request(request).await.map_err(|e| protocol(&e))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.raw(method, path, body).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+            return Err(ClientError::Api { status, message });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            where_: self.where_(),
+            message: format!("unexpected answer to {path}: {e}"),
+        })
+    }
+
+    /// `GET path`, decoded from JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; an error answer is [`ClientError::Api`] with its message.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(Method::GET, path, None).await
+    }
+
+    /// `POST path` with `body` as JSON, decoded from JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; an error answer is [`ClientError::Api`] with its message.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).expect("a request serialises");
+        self.json(Method::POST, path, Some(body)).await
+    }
+
+    /// Opens a stream of server-sent events (`GET path`).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn events(&self, path: &str) -> Result<EventStream, ClientError> {
+        let response = self.send(Method::GET, path, None).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(ClientError::Api { status, message: format!("{status} for {path}") });
+        }
+        Ok(EventStream { body: response.into_body(), buffer: Vec::new() })
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}

@@ -1,0 +1,649 @@
+//! The daemon: the engine on its own thread, and the control API on another.
+//!
+//! The engine and its processes live on the main thread's `LocalSet`; the API
+//! runs on a second thread and reaches them only by messages ([`Call`]), each
+//! answered on a oneshot channel. So no process is ever touched from the
+//! API's thread, and a slow client cannot hold up a process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use drover_engine::{Action, ControlError, Engine, EngineError, Job, ProcessDetail, ProcessInfo};
+use drover_scheduler::{Computer, STDERR_FILE, STDOUT_FILE, Transport as _};
+use drover_shell::{Governor, Output};
+use drover_store::Store;
+use serde::Deserialize;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::task::LocalSet;
+
+use crate::api::{
+    Control, ControlResult, ControlResults, ErrorBody, Filter, Info, LogChunk, ProcessList, Stream, Submit, Submitted,
+};
+use crate::paths::Paths;
+
+/// The OpenAPI description of the control API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+const INDEX_HTML: &str = include_str!("web/index.html");
+/// The most a log request returns at once.
+const MAX_LOG_CHUNK: u64 = 1 << 20;
+
+/// How to run a daemon.
+#[derive(Debug)]
+pub struct DaemonConfig {
+    /// Its data directory: store (unless `store` says otherwise), outputs,
+    /// socket, pid file, token.
+    pub data_dir: PathBuf,
+    /// The store's location, if not `drover.db` in the data directory.
+    pub store: Option<String>,
+    /// The computers scheduler jobs may name.
+    pub computers: HashMap<String, Arc<Computer>>,
+    /// At most this many shell processes run at once (default: the CPUs).
+    pub jobs: Option<usize>,
+    /// Also serve the API and the web page on this loopback address, asking
+    /// for the token in `daemon.token`.
+    pub http: Option<SocketAddr>,
+    /// Allow `http` on an address that is not loopback.
+    pub allow_non_loopback: bool,
+}
+
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon serves this data directory.
+    #[error("a drover daemon is already running for {data_dir} (pid {pid})")]
+    AlreadyRunning {
+        /// Its data directory.
+        data_dir: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A file or socket could not be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `http` is not a loopback address and that was not allowed.
+    #[error(
+        "refusing to serve the control API on {0}: not a loopback address (pass --allow-non-loopback to do it anyway)"
+    )]
+    NotLoopback(SocketAddr),
+    /// The store could not be opened or read.
+    #[error("{0}")]
+    Engine(String),
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io { path: path.display().to_string(), source }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// A message from the API's thread to the engine's.
+enum Call {
+    List(Reply<Result<Vec<ProcessInfo>, String>>),
+    Show(String, Reply<Result<Option<ProcessDetail>, String>>),
+    Submit(Vec<(String, Job)>, Reply<Result<(), EngineError>>),
+    Control(String, Action, Reply<Result<(), ControlError>>),
+    Subscribe(Reply<broadcast::Receiver<ProcessInfo>>),
+    /// Reads a job's output on its computer while it runs.
+    RemoteLog {
+        computer: String,
+        job: String,
+        file: &'static str,
+        offset: u64,
+        reply: Reply<Result<String, String>>,
+    },
+}
+
+/// Runs a daemon in the foreground until it is told to stop (`POST
+/// /v1/shutdown`, SIGTERM or SIGINT). It locks the pid file first, so only one
+/// daemon serves a data directory; it listens before it recovers the store's
+/// unfinished processes, so that clients can reach it at once.
+///
+/// Stopping it leaves the processes as a crash would, which drover is made
+/// for: shell commands run on under their supervisors and cluster jobs stay
+/// queued; the next daemon resumes them.
+///
+/// # Errors
+///
+/// [`DaemonError`] when it cannot start.
+pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let paths = Paths::new(&config.data_dir);
+    std::fs::create_dir_all(&paths.data_dir).map_err(io_err(&paths.data_dir))?;
+    let pid_path = paths.pid();
+    let mut pid_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&pid_path)
+        .map_err(io_err(&pid_path))?;
+    if pid_file.try_lock().is_err() {
+        let pid = std::fs::read_to_string(&pid_path).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+        return Err(DaemonError::AlreadyRunning { data_dir: paths.data_dir.display().to_string(), pid });
+    }
+    pid_file.set_len(0).map_err(io_err(&pid_path))?;
+    writeln!(pid_file, "{}", std::process::id()).map_err(io_err(&pid_path))?;
+    if let Some(addr) = config.http
+        && !addr.ip().is_loopback()
+        && !config.allow_non_loopback
+    {
+        return Err(DaemonError::NotLoopback(addr));
+    }
+
+    // The listeners, bound before anything else so that a client that sees
+    // the daemon started can reach it.
+    let socket = paths.socket();
+    let _ = std::fs::remove_file(&socket); // stale: we hold the lock
+    let unix = std::os::unix::net::UnixListener::bind(&socket).map_err(io_err(&socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&socket))?;
+    unix.set_nonblocking(true).map_err(io_err(&socket))?;
+    let tcp = match config.http {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|source| DaemonError::Io { path: addr.to_string(), source })?;
+            listener.set_nonblocking(true).map_err(|source| DaemonError::Io { path: addr.to_string(), source })?;
+            let token = new_token().map_err(io_err(&paths.token()))?;
+            let token_path = paths.token();
+            let _ = std::fs::remove_file(&token_path);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&token_path)
+                .map_err(io_err(&token_path))?;
+            writeln!(file, "{token}").map_err(io_err(&token_path))?;
+            Some((listener, token))
+        }
+        None => {
+            let _ = std::fs::remove_file(paths.token());
+            None
+        }
+    };
+
+    let store_location = config.store.clone().unwrap_or_else(|| paths.store().display().to_string());
+    let (calls, rx) = mpsc::unbounded_channel();
+    let shutdown = Arc::new(Notify::new());
+    let info = Info {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        started_at: now_ms(),
+        data_dir: paths.data_dir.display().to_string(),
+        store: store_location.clone(),
+        socket: socket.display().to_string(),
+        http: tcp.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.to_string()),
+        computers: {
+            let mut names: Vec<String> = config.computers.keys().cloned().collect();
+            names.sort();
+            names
+        },
+    };
+    let app = App { calls, info: Arc::new(info), shutdown: shutdown.clone() };
+    let api = std::thread::Builder::new()
+        .name("drover-api".into())
+        .spawn(move || serve(app, unix, tcp))
+        .map_err(io_err(&socket))?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Io { path: "the engine's runtime".into(), source })?;
+    let local = Rc::new(LocalSet::new());
+    let result = local.block_on(&rt, {
+        let local = local.clone();
+        engine_main(config, paths.clone(), store_location, local, rx, shutdown)
+    });
+    // The API thread ends with the process: nothing is waited for, as after a crash.
+    drop(api);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(paths.token());
+    result
+}
+
+async fn engine_main(
+    config: DaemonConfig,
+    paths: Paths,
+    store_location: String,
+    local: Rc<LocalSet>,
+    mut calls: mpsc::UnboundedReceiver<Call>,
+    shutdown: Arc<Notify>,
+) -> Result<(), DaemonError> {
+    let store = Store::open(&store_location).await.map_err(|e| DaemonError::Engine(e.to_string()))?;
+    let governor = config.jobs.map_or_else(Governor::default, Governor::new);
+    let engine = Rc::new(Engine::new(store, local, governor, config.computers, paths.supervise()));
+    engine.forget_ended();
+    let recovery = engine.recover().await.map_err(|e| DaemonError::Engine(e.to_string()))?;
+    tracing::info!(
+        resumed = recovery.resumed.len(),
+        failed = recovery.failed.len(),
+        cancels = recovery.cancels.len(),
+        "recovered the store's unfinished processes"
+    );
+    for (id, error) in &recovery.failed {
+        tracing::warn!(process = %id, %error, "could not resume");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| DaemonError::Io { path: "SIGTERM".into(), source })?;
+    loop {
+        tokio::select! {
+            call = calls.recv() => match call {
+                Some(call) => {
+                    tokio::task::spawn_local(answer(engine.clone(), call));
+                }
+                None => break,
+            },
+            () = shutdown.notified() => {
+                tracing::info!("stopping: asked to by the API");
+                // Let the API answer the request that asked.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                break;
+            }
+            _ = term.recv() => {
+                tracing::info!("stopping: SIGTERM");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("stopping: SIGINT");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn answer(engine: Rc<Engine>, call: Call) {
+    match call {
+        Call::List(reply) => {
+            let _ = reply.send(engine.list().await.map_err(|e| e.to_string()));
+        }
+        Call::Show(id, reply) => {
+            let _ = reply.send(engine.show(&id).await.map_err(|e| e.to_string()));
+        }
+        Call::Submit(jobs, reply) => {
+            let _ = reply.send(engine.submit_all(jobs).await);
+        }
+        Call::Control(id, action, reply) => {
+            let _ = reply.send(engine.control(&id, action).await);
+        }
+        Call::Subscribe(reply) => {
+            let _ = reply.send(engine.changes());
+        }
+        Call::RemoteLog { computer, job, file, offset, reply } => {
+            let result = match engine.computer_named(&computer) {
+                None => Err(format!("computer `{computer}` is not configured in this daemon")),
+                Some(c) => {
+                    let path = format!("{}/{file}", c.work_dir(&job));
+                    let command = format!(
+                        "if [ -e {p} ]; then tail -c +{} {p} | head -c {MAX_LOG_CHUNK}; fi",
+                        offset + 1,
+                        p = drover_scheduler::quote(&path)
+                    );
+                    match c.transport.run(&command).await {
+                        Ok(out) if out.status == 0 => Ok(out.stdout),
+                        Ok(out) => Err(format!("reading {path} on {computer}: {}", out.stderr.trim())),
+                        Err(e) => Err(format!("reading {path} on {computer}: {e}")),
+                    }
+                }
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn new_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+// --- The API ----------------------------------------------------------------
+
+#[derive(Clone)]
+struct App {
+    calls: mpsc::UnboundedSender<Call>,
+    info: Arc<Info>,
+    shutdown: Arc<Notify>,
+}
+
+/// An error answer.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl App {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Call) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "the engine is stopping".into());
+        self.calls.send(make(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+fn internal(e: String) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)
+}
+
+fn serve(app: App, unix: std::os::unix::net::UnixListener, tcp: Option<(std::net::TcpListener, String)>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the API's runtime");
+    rt.block_on(async move {
+        let routes = router(app);
+        let unix = tokio::net::UnixListener::from_std(unix).expect("a Unix listener");
+        let on_unix = axum::serve(unix, routes.clone());
+        match tcp {
+            Some((tcp, token)) => {
+                let tcp = tokio::net::TcpListener::from_std(tcp).expect("a TCP listener");
+                let token: Arc<str> = token.into();
+                let routes = routes.layer(middleware::from_fn_with_state(token, require_token));
+                let on_tcp = axum::serve(tcp, routes);
+                let (a, b) = tokio::join!(on_unix, on_tcp);
+                if let Err(e) = a.and(b) {
+                    tracing::error!(error = %e, "the control API stopped");
+                }
+            }
+            None => {
+                if let Err(e) = on_unix.await {
+                    tracing::error!(error = %e, "the control API stopped");
+                }
+            }
+        }
+    });
+}
+
+/// The routes. Keep them and `openapi.json` in step (a test checks).
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/info", get(info))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/processes", get(list).post(submit))
+        .route("/v1/processes/{id}", get(show))
+        .route("/v1/processes/{id}/logs", get(logs))
+        .route("/v1/processes/{id}/{action}", post(control_one))
+        .route("/v1/control", post(control))
+        .route("/v1/events", get(events))
+        .route("/v1/shutdown", post(shutdown))
+        .with_state(app)
+}
+
+const COOKIE: &str = "drover_token";
+
+/// On the TCP listener: the token, as `Authorization: Bearer`, a cookie, or
+/// once as `?token=` on the page (which sets the cookie and drops it from
+/// the address).
+async fn require_token(State(token): State<Arc<str>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let same = |given: &str| {
+        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(same);
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|c| c.strip_prefix('=')))
+        .any(same);
+    if bearer || cookie {
+        return next.run(request).await;
+    }
+    let query_token =
+        request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).is_some_and(same);
+    if query_token && request.uri().path() == "/" {
+        let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        return ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response();
+    }
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        "this address needs the daemon's token (in daemon.token of its data directory): send `Authorization: Bearer TOKEN`, or open /?token=TOKEN".into(),
+    )
+    .into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn info(State(app): State<App>) -> axum::Json<Info> {
+    axum::Json((*app.info).clone())
+}
+
+async fn list(State(app): State<App>, Query(filter): Query<Filter>) -> Result<axum::Json<ProcessList>, ApiError> {
+    let all = app.call(Call::List).await?.map_err(internal)?;
+    let mut counts = BTreeMap::new();
+    for p in &all {
+        *counts.entry(p.status().to_owned()).or_insert(0) += 1;
+    }
+    let processes = all.into_iter().filter(|p| filter.matches(p)).collect();
+    Ok(axum::Json(ProcessList { processes, counts }))
+}
+
+async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<axum::Json<ProcessDetail>, ApiError> {
+    match app.call(|r| Call::Show(id.clone(), r)).await?.map_err(internal)? {
+        Some(detail) => Ok(axum::Json(detail)),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no process `{id}`"))),
+    }
+}
+
+async fn submit(
+    State(app): State<App>,
+    body: Result<axum::Json<Submit>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, axum::Json<Submitted>), ApiError> {
+    let axum::Json(submit) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if submit.jobs.is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "no jobs to submit".into()));
+    }
+    let ids: Vec<String> = submit.jobs.iter().map(|j| j.id.clone()).collect();
+    let jobs = submit.jobs.into_iter().map(|j| (j.id, j.job)).collect();
+    match app.call(|r| Call::Submit(jobs, r)).await? {
+        Ok(()) => Ok((StatusCode::CREATED, axum::Json(Submitted { ids }))),
+        Err(e @ (EngineError::Duplicate(_) | EngineError::UnknownComputer { .. })) => {
+            Err(ApiError(StatusCode::CONFLICT, format!("{e}; nothing was submitted")))
+        }
+        Err(e) => Err(internal(e.to_string())),
+    }
+}
+
+fn control_status(e: &ControlError) -> StatusCode {
+    match e {
+        ControlError::Unknown(_) => StatusCode::NOT_FOUND,
+        ControlError::Ended { .. } | ControlError::NotLoaded { .. } | ControlError::Runtime { .. } => {
+            StatusCode::CONFLICT
+        }
+        ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn parse_action(action: &str) -> Result<Action, ApiError> {
+    serde_json::from_value(serde_json::Value::String(action.to_owned()))
+        .map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("unknown action `{action}` (known: pause, resume, kill)")))
+}
+
+async fn control_one(
+    State(app): State<App>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<axum::Json<ControlResult>, ApiError> {
+    let action = parse_action(&action)?;
+    match app.call(|r| Call::Control(id.clone(), action, r)).await? {
+        Ok(()) => Ok(axum::Json(ControlResult { id, ok: true, error: None })),
+        Err(e) => Err(ApiError(control_status(&e), e.to_string())),
+    }
+}
+
+async fn control(
+    State(app): State<App>,
+    body: Result<axum::Json<Control>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::Json<ControlResults>, ApiError> {
+    let axum::Json(control) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    // All at once: a kill waits for its process to end, and a hundred of them
+    // should not wait one after the other.
+    let waits = control.ids.into_iter().map(|id| {
+        let app = app.clone();
+        async move {
+            match app.call(|r| Call::Control(id.clone(), control.action, r)).await {
+                Ok(Ok(())) => ControlResult { id, ok: true, error: None },
+                Ok(Err(e)) => ControlResult { id, ok: false, error: Some(e.to_string()) },
+                Err(ApiError(_, e)) => ControlResult { id, ok: false, error: Some(e) },
+            }
+        }
+    });
+    Ok(axum::Json(ControlResults { results: futures_util::future::join_all(waits).await }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    stream: Stream,
+    #[serde(default)]
+    offset: u64,
+}
+
+async fn logs(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<axum::Json<LogChunk>, ApiError> {
+    let detail = app
+        .call(|r| Call::Show(id.clone(), r))
+        .await?
+        .map_err(internal)?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no process `{id}`")))?;
+    let terminal = detail.info.terminal;
+    let job: Job =
+        serde_json::from_value(detail.spec).map_err(|e| internal(format!("the spec of `{id}` cannot be read: {e}")))?;
+    let name = match q.stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    };
+    let (path, remote) = match job {
+        Job::Shell { spec } => {
+            let output = if q.stream == Stream::Stdout { spec.stdout } else { spec.stderr };
+            match output {
+                Output::File(p) | Output::Append(p) => (p, None),
+                Output::Null => {
+                    return Err(ApiError(StatusCode::NOT_FOUND, format!("the {name} of `{id}` is not kept")));
+                }
+            }
+        }
+        Job::Scheduler { computer, spec } => {
+            let file = if q.stream == Stream::Stdout { STDOUT_FILE } else { STDERR_FILE };
+            (spec.local_dir.join(file), Some((computer, spec.id, file)))
+        }
+    };
+    // Retrieved (or written locally): read the local file.
+    match read_from(&path, q.offset).await {
+        Ok(data) => {
+            let (data, offset) = utf8_prefix(data, q.offset);
+            return Ok(axum::Json(LogChunk { data, offset, terminal, source: path.display().to_string() }));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(internal(format!("{}: {e}", path.display())));
+        }
+        Err(_) => {}
+    }
+    match remote {
+        // A scheduler job that runs: its output is still on the computer.
+        Some((computer, job, file)) if !terminal => {
+            let source = format!("{computer}:{file}");
+            let data = app
+                .call(|reply| Call::RemoteLog { computer, job, file, offset: q.offset, reply })
+                .await?
+                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
+            let offset = q.offset + data.len() as u64;
+            Ok(axum::Json(LogChunk { data, offset, terminal, source }))
+        }
+        // Not written yet (queued), or never written.
+        _ => Ok(axum::Json(LogChunk {
+            data: String::new(),
+            offset: q.offset,
+            terminal,
+            source: path.display().to_string(),
+        })),
+    }
+}
+
+async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut data = Vec::new();
+    file.take(MAX_LOG_CHUNK).read_to_end(&mut data).await?;
+    Ok(data)
+}
+
+/// The text of `data`, without a UTF-8 sequence cut off at its end (it comes
+/// whole with the next piece), and the offset after it.
+fn utf8_prefix(mut data: Vec<u8>, offset: u64) -> (String, u64) {
+    if let Err(e) = std::str::from_utf8(&data)
+        && e.error_len().is_none()
+    {
+        data.truncate(e.valid_up_to());
+    }
+    let next = offset + data.len() as u64;
+    (String::from_utf8_lossy(&data).into_owned(), next)
+}
+
+async fn events(
+    State(app): State<App>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rx = app.call(Call::Subscribe).await?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(info) => Event::default().event("process").json_data(info).unwrap_or_default(),
+            Err(broadcast::error::RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn shutdown(State(app): State<App>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    app.shutdown.notify_one();
+    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "stopping": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_utf8_sequence_waits_for_the_next_piece() {
+        let text = "ü".as_bytes().to_vec(); // two bytes
+        assert_eq!(utf8_prefix(vec![b'a', text[0]], 10), ("a".to_owned(), 11));
+        assert_eq!(utf8_prefix(text.clone(), 11), ("ü".to_owned(), 13));
+        assert_eq!(utf8_prefix(vec![0xff, b'b'], 0), ("\u{fffd}b".to_owned(), 2));
+    }
+}
