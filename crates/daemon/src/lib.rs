@@ -19,6 +19,6 @@ mod paths;
 mod server;
 
 pub use client::{Client, ClientError, EventStream, SseEvent, Target};
-pub use hyper::StatusCode;
+pub use hyper::{Method, StatusCode};
 pub use paths::Paths;
 pub use server::{DaemonConfig, DaemonError, OPENAPI, run};

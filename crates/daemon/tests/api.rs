@@ -1,0 +1,300 @@
+//! The control API against a real daemon (in this process, on its own
+//! threads), over its real Unix socket and loopback TCP listener.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use drover_daemon::api::{
+    Control, ControlResults, Info, LogChunk, NewJob, ProcessDetail, ProcessList, Submit, Submitted,
+};
+use drover_daemon::{Client, ClientError, DaemonConfig, DaemonError, Method, OPENAPI, Paths, StatusCode, Target};
+use drover_engine::{Action, Job, ProcessInfo};
+use drover_shell::{Output, ShellSpec};
+
+struct Daemon {
+    unix: Client,
+    tcp: Client,
+    addr: String,
+    token: String,
+    thread: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let rt = rt();
+            let _ = rt.block_on(self.unix.post::<_, serde_json::Value>("/v1/shutdown", &serde_json::json!({})));
+            let _ = thread.join();
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn config(dir: &Path) -> DaemonConfig {
+    DaemonConfig {
+        data_dir: dir.to_path_buf(),
+        store: None,
+        computers: HashMap::new(),
+        jobs: Some(4),
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        allow_non_loopback: false,
+    }
+}
+
+fn start(dir: &Path) -> Daemon {
+    let config = config(dir);
+    let thread = std::thread::spawn(move || drover_daemon::run(config));
+    let unix = Client::new(Target::Unix(Paths::new(dir).socket()));
+    let rt = rt();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        if let Ok(info) = rt.block_on(unix.get::<Info>("/v1/info")) {
+            break info;
+        }
+        assert!(!thread.is_finished(), "the daemon stopped: {:?}", thread.join());
+        assert!(Instant::now() < deadline, "the daemon does not answer");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let addr = info.http.expect("an http address");
+    let token = std::fs::read_to_string(Paths::new(dir).token()).unwrap().trim().to_owned();
+    let tcp = Client::new(Target::Tcp { addr: addr.clone(), token: Some(token.clone()) });
+    Daemon { unix, tcp, addr, token, thread: Some(thread) }
+}
+
+fn shell(dir: &Path, name: &str, script: &str) -> NewJob {
+    let mut spec = ShellSpec::program("/bin/sh", ["-c", script]);
+    spec.stdout = Output::File(dir.join(format!("{name}.out")));
+    spec.stderr = Output::File(dir.join(format!("{name}.err")));
+    NewJob { id: name.to_owned(), job: Job::Shell { spec } }
+}
+
+async fn wait_for(client: &Client, id: &str, done: impl Fn(&ProcessInfo) -> bool) -> ProcessInfo {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let detail: ProcessDetail = client.get(&format!("/v1/processes/{id}")).await.unwrap();
+        if done(&detail.info) {
+            return detail.info;
+        }
+        assert!(Instant::now() < deadline, "{id} stays {:?}", detail.info);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn every_route_of_the_openapi_document_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let submitted: Submitted =
+            d.unix.post("/v1/processes", &Submit { jobs: vec![shell(dir.path(), "one", "echo one")] }).await.unwrap();
+        assert_eq!(submitted.ids, ["one"]);
+        wait_for(&d.unix, "one", |p| p.terminal).await;
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let served: serde_json::Value =
+            serde_json::from_slice(&d.unix.raw(Method::GET, "/v1/openapi.json", None).await.unwrap().1).unwrap();
+        assert_eq!(served, doc);
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 10, "{paths:?}");
+        let mut checked = 0;
+        for (path, methods) in paths {
+            if path == "/v1/shutdown" || path == "/v1/events" {
+                continue; // below, and a stream that does not end
+            }
+            let path = path.replace("{id}", "one").replace("{action}", "kill");
+            for method in methods.as_object().unwrap().keys() {
+                let (method, body) = match method.as_str() {
+                    "get" => (Method::GET, None),
+                    "post" => (Method::POST, Some(br#"{"jobs": [], "action": "kill", "ids": []}"#.to_vec())),
+                    other => panic!("unexpected method {other}"),
+                };
+                let (status, _) = d.unix.raw(method.clone(), &path, body).await.unwrap();
+                assert!(
+                    status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path}: {status}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 9);
+        let (status, _) = d.unix.raw(Method::GET, "/v1/nothing", None).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    });
+}
+
+#[test]
+fn a_submission_is_all_or_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let marker = dir.path().join("ran");
+        let touch = format!("touch {}", marker.display());
+        d.unix
+            .post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![shell(dir.path(), "a", "true")] })
+            .await
+            .unwrap();
+        // A duplicate id: neither job is recorded, nothing runs.
+        let jobs = vec![shell(dir.path(), "b", &touch), shell(dir.path(), "a", "true")];
+        let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs }).await.unwrap_err();
+        let ClientError::Api { status, message } = err else { panic!("{err:?}") };
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("`a` already exists") && message.contains("nothing was submitted"), "{message}");
+        // An unknown computer is named.
+        let mut job = shell(dir.path(), "c", "true");
+        job.job = Job::Scheduler {
+            computer: "nowhere".into(),
+            spec: drover_scheduler::JobSpec {
+                id: "c".into(),
+                command: "true".into(),
+                local_dir: dir.path().join("c"),
+                ..Default::default()
+            },
+        };
+        let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![job] }).await.unwrap_err();
+        assert!(err.to_string().contains("unknown computer `nowhere`"), "{err}");
+        // Not JSON of a submission.
+        let (status, body) = d.unix.raw(Method::POST, "/v1/processes", Some(b"{\"jobs\": 3}".to_vec())).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&body).contains("jobs"), "{body:?}");
+        let list: ProcessList = d.unix.get("/v1/processes").await.unwrap();
+        let ids: Vec<&str> = list.processes.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!marker.exists(), "a job of a refused submission ran");
+    });
+}
+
+#[test]
+fn state_changes_stream_as_events_and_logs_are_read_by_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let mut events = d.tcp.events("/v1/events").await.unwrap();
+        let job = shell(dir.path(), "talk", "printf 'hello\\n'; printf 'wörld\\n' >&2; sleep 0.2; printf 'bye\\n'");
+        d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![job] }).await.unwrap();
+        let mut states = Vec::new();
+        let finished = loop {
+            let event = tokio::time::timeout(Duration::from_secs(20), events.next()).await.unwrap().unwrap().unwrap();
+            assert_eq!(event.event, "process");
+            let p: ProcessInfo = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(p.id, "talk");
+            states.push(p.state.clone());
+            if p.terminal {
+                break p;
+            }
+        };
+        assert_eq!((finished.state.as_str(), finished.exit_code), ("finished", Some(0)));
+        assert_eq!(states.first().map(String::as_str), Some("queued"), "{states:?}");
+        assert!(states.contains(&"running".to_owned()), "{states:?}");
+
+        let all: LogChunk = d.unix.get("/v1/processes/talk/logs").await.unwrap();
+        assert_eq!((all.data.as_str(), all.offset, all.terminal), ("hello\nbye\n", 10, true));
+        let rest: LogChunk = d.unix.get("/v1/processes/talk/logs?offset=6").await.unwrap();
+        assert_eq!(rest.data, "bye\n");
+        let end: LogChunk = d.unix.get("/v1/processes/talk/logs?offset=10").await.unwrap();
+        assert_eq!((end.data.as_str(), end.offset), ("", 10));
+        let err: LogChunk = d.unix.get("/v1/processes/talk/logs?stream=stderr").await.unwrap();
+        assert_eq!(err.data, "wörld\n");
+        let detail: ProcessDetail = d.unix.get("/v1/processes/talk").await.unwrap();
+        let history: Vec<&str> = detail.history.iter().map(|t| t.state.as_str()).collect();
+        assert_eq!(history.first(), Some(&"queued"));
+        assert_eq!(history.last(), Some(&"finished"));
+        let missing = d.unix.get::<LogChunk>("/v1/processes/nope/logs").await.unwrap_err();
+        assert!(matches!(missing, ClientError::Api { status: StatusCode::NOT_FOUND, .. }), "{missing:?}");
+    });
+}
+
+#[test]
+fn pause_resume_and_kill_reach_the_processes_by_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let jobs = vec![shell(dir.path(), "s1", "sleep 300"), shell(dir.path(), "s2", "sleep 300")];
+        d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs }).await.unwrap();
+        for id in ["s1", "s2"] {
+            wait_for(&d.unix, id, |p| p.state == "running").await;
+        }
+        let paused: ControlResults = d
+            .unix
+            .post("/v1/control", &Control { action: Action::Pause, ids: vec!["s1".into(), "nope".into()] })
+            .await
+            .unwrap();
+        assert!(paused.results[0].ok, "{paused:?}");
+        assert_eq!(paused.results[1].error.as_deref(), Some("no process `nope`"));
+        let list: ProcessList = d.unix.get("/v1/processes?state=paused").await.unwrap();
+        assert_eq!(list.processes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(list.counts.get("paused"), Some(&1));
+        assert_eq!(list.counts.get("running"), Some(&1));
+        // One action through the per-process route, over TCP.
+        let (status, _) = d.tcp.raw(Method::POST, "/v1/processes/s1/resume", None).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        wait_for(&d.unix, "s1", |p| !p.paused && p.state == "running").await;
+        let killed: ControlResults = d
+            .unix
+            .post("/v1/control", &Control { action: Action::Kill, ids: vec!["s1".into(), "s2".into()] })
+            .await
+            .unwrap();
+        assert!(killed.results.iter().all(|r| r.ok), "{killed:?}");
+        for id in ["s1", "s2"] {
+            let p: ProcessDetail = d.unix.get(&format!("/v1/processes/{id}")).await.unwrap();
+            assert_eq!((p.info.state.as_str(), p.info.terminal), ("killed", true));
+        }
+        let again = d.unix.post::<_, serde_json::Value>("/v1/processes/s1/kill", &()).await.unwrap_err();
+        let ClientError::Api { status, message } = again else { panic!("{again:?}") };
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("already ended (killed)"), "{message}");
+        let (status, _) = d.unix.raw(Method::POST, "/v1/processes/s1/explode", None).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    });
+}
+
+#[test]
+fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let bare = Client::new(Target::Tcp { addr: d.addr.clone(), token: None });
+        let wrong = Client::new(Target::Tcp { addr: d.addr.clone(), token: Some("0".repeat(d.token.len())) });
+        for client in [&bare, &wrong] {
+            let err = client.get::<Info>("/v1/info").await.unwrap_err();
+            let ClientError::Api { status, message } = err else { panic!("{err:?}") };
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert!(message.contains("daemon.token"), "{message}");
+            let (status, _) = client.raw(Method::GET, "/", None).await.unwrap();
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(d.tcp.get::<Info>("/v1/info").await.unwrap().pid, std::process::id());
+        let (status, page) = d.tcp.raw(Method::GET, "/", None).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&page).contains("<title>drover</title>"));
+        // The token once in the page's address: a cookie, and the address without it.
+        let (status, _) = bare.raw(Method::GET, &format!("/?token={}", d.token), None).await.unwrap();
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        // The Unix socket is private to its user, and needs no token.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(Paths::new(dir.path()).socket()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let token_mode = std::fs::metadata(Paths::new(dir.path()).token()).unwrap().permissions().mode();
+        assert_eq!(token_mode & 0o777, 0o600);
+    });
+    // A second daemon for the same data directory refuses to start.
+    match drover_daemon::run(config(dir.path())) {
+        Err(DaemonError::AlreadyRunning { pid, .. }) => assert_eq!(pid, std::process::id()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(Paths::new(dir.path()).running_pid(), Some(std::process::id()));
+    // Not loopback: refused unless allowed.
+    let other = tempfile::tempdir().unwrap();
+    let mut open = config(other.path());
+    open.http = Some("0.0.0.0:0".parse().unwrap());
+    assert!(matches!(drover_daemon::run(open), Err(DaemonError::NotLoopback(_))));
+}
