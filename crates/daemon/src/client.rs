@@ -160,7 +160,11 @@ impl Client {
         let where_ = self.where_();
         let protocol =
             |e: &dyn std::fmt::Display| ClientError::Protocol { where_: where_.clone(), message: e.to_string() };
-        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, "drover");
+        let host = match &self.target {
+            Target::Unix(_) => "localhost",
+            Target::Tcp { addr, .. } => addr.as_str(),
+        };
+        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, host);
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
