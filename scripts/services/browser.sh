@@ -24,8 +24,10 @@ start)
     ;;
 stop) ;;
 status)
-    command -v chromium >/dev/null && command -v chromedriver >/dev/null ||
-        { step "chromium or chromedriver missing"; exit 1; }
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        step "chromium or chromedriver missing"
+        exit 1
+    fi
     step "installed: $(chromium --version 2>/dev/null)"
     ;;
 *)

@@ -158,3 +158,50 @@ fn job_files_mix_shell_and_scheduler_jobs_on_named_computers() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("computer `elsewhere` is not defined (known: cluster, nowhere)"), "{stderr}");
 }
+
+#[test]
+fn a_daemon_follows_a_scheduler_job_and_reads_its_output_on_the_cluster_then_locally() {
+    let config = computers();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let d = data.path();
+    let run = |args: &[&str]| {
+        let out = drover(d, &[&["--config-dir", cfg], args].concat());
+        assert!(out.status.success(), "{args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    run(&["daemon", "start"]);
+    struct Stop<'a>(&'a Path);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = drover(self.0, &["daemon", "stop"]);
+        }
+    }
+    let _stop = Stop(d);
+    let jobs = config.path().join("remote.toml");
+    std::fs::write(
+        &jobs,
+        "[[job]]\nid = \"slow\"\ncomputer = \"cluster\"\nscript = \"echo start; sleep 4; echo end\"\nwall_time_secs = 120\n",
+    )
+    .unwrap();
+    run(&["submit", jobs.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // While it runs, its output is read on the cluster.
+    loop {
+        let shown: serde_json::Value = serde_json::from_str(&run(&["show", "--json", "remote.slow"])).unwrap();
+        assert_eq!(shown["computer"], "cluster");
+        if shown["state"] == "running" && run(&["logs", "remote.slow"]) == "start\n" {
+            break;
+        }
+        assert!(shown["terminal"] == false, "it ended before its output was read while running: {shown}");
+        assert!(std::time::Instant::now() < deadline, "never saw it running with output: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let listed: serde_json::Value = serde_json::from_str(&run(&["list", "--computer", "cluster", "--json"])).unwrap();
+    assert_eq!(listed["processes"].as_array().unwrap().len(), 1);
+    // --follow goes on to the end; then the retrieved copy is read.
+    assert_eq!(run(&["logs", "--follow", "remote.slow"]), "start\nend\n");
+    let shown: serde_json::Value = serde_json::from_str(&run(&["show", "--json", "remote.slow"])).unwrap();
+    assert_eq!((shown["state"].as_str(), shown["exit_code"].as_i64()), (Some("finished"), Some(0)), "{shown}");
+    assert_eq!(run(&["logs", "remote.slow"]), "start\nend\n");
+}
