@@ -1,0 +1,512 @@
+//! One Kubernetes cluster as drover uses it: a client, one shared watch per
+//! namespace that every cloud process follows, a background deleter, and the
+//! janitor that deletes the objects of ended jobs after a while.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy, WatchEvent, WatchParams};
+use kube::{Client, Config};
+use tokio::sync::watch;
+
+use crate::spec::{MANAGED_BY, OBJECT_LABEL};
+
+/// How long the objects of ended jobs are kept (for `kubectl logs` and
+/// post-mortems) before drover deletes them, by default.
+pub const DEFAULT_CLEANUP_AFTER: Duration = Duration::from_secs(600);
+
+/// Counts of the requests drover made to the API server, by kind.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    /// Creates (pods and Jobs).
+    pub creates: AtomicU64,
+    /// Gets of one object (only after an interrupted create).
+    pub gets: AtomicU64,
+    /// Deletes (kills and clean-up), retries included.
+    pub deletes: AtomicU64,
+    /// Log fetches.
+    pub logs: AtomicU64,
+    /// Lists and watch (re)connections of the shared watches.
+    pub watches: AtomicU64,
+}
+
+impl RequestStats {
+    /// Requests made for processes: everything but the shared watches.
+    pub fn per_process_requests(&self) -> u64 {
+        self.creates.load(Ordering::Relaxed)
+            + self.gets.load(Ordering::Relaxed)
+            + self.deletes.load(Ordering::Relaxed)
+            + self.logs.load(Ordering::Relaxed)
+    }
+}
+
+/// What the shared watch knows of one object's pod (and Job).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The pod was seen (for a Job: a pod of it).
+    pub pod_seen: bool,
+    /// The pod's phase: Pending, Running, Succeeded, Failed, Unknown.
+    pub phase: Option<String>,
+    /// The container's exit code, once it terminated.
+    pub exit_code: Option<i32>,
+    /// Why it is waiting or failed (`ImagePullBackOff`, `Error`, ...), with the message.
+    pub reason: Option<String>,
+    /// The pod was deleted.
+    pub pod_deleted: bool,
+    /// A Job's outcome once its controller decided: `Some(true)` complete,
+    /// `Some(false)` failed.
+    pub job_succeeded: Option<bool>,
+    /// A Job's failure message.
+    pub job_message: Option<String>,
+    /// The Job was deleted.
+    pub job_deleted: bool,
+}
+
+type Senders = Arc<Mutex<HashMap<String, watch::Sender<Observed>>>>;
+
+/// The shared watch of one namespace.
+struct NamespaceWatch {
+    senders: Senders,
+    jobs_started: Mutex<bool>,
+}
+
+/// A Kubernetes cluster. Make one per cluster and share it (`Arc`) among its
+/// processes. See the [module docs](self).
+pub struct Cloud {
+    client: Client,
+    namespace: String,
+    cleanup_after: Duration,
+    stats: Arc<RequestStats>,
+    watches: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
+    deleting: Arc<Mutex<Vec<(String, String, bool)>>>,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud").field("namespace", &self.namespace).field("cleanup_after", &self.cleanup_after).finish()
+    }
+}
+
+/// Why the cluster cannot be reached or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// No configuration was found (KUBECONFIG, ~/.kube/config, in-cluster).
+    #[error("no Kubernetes configuration: {0}")]
+    Config(String),
+}
+
+impl Cloud {
+    /// A cluster from the configuration `kubectl` would use: `$KUBECONFIG`
+    /// or `~/.kube/config` (its current context), else the in-cluster
+    /// service account.
+    ///
+    /// # Errors
+    ///
+    /// [`CloudError::Config`] when there is none, or it cannot be read.
+    pub async fn infer(cleanup_after: Duration) -> Result<Arc<Cloud>, CloudError> {
+        let mut config = Config::infer().await.map_err(|e| CloudError::Config(e.to_string()))?;
+        // A request that hangs must not hold a process: every call but the
+        // watch ends within this time.
+        config.read_timeout = Some(Duration::from_secs(30));
+        Cloud::from_config(config, cleanup_after)
+    }
+
+    /// A cluster from an explicit configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`CloudError::Config`] when the client cannot be built from it.
+    pub fn from_config(config: Config, cleanup_after: Duration) -> Result<Arc<Cloud>, CloudError> {
+        let namespace = config.default_namespace.clone();
+        let client = Client::try_from(config).map_err(|e| CloudError::Config(e.to_string()))?;
+        Ok(Arc::new(Cloud {
+            client,
+            namespace,
+            cleanup_after,
+            stats: Arc::default(),
+            watches: Mutex::default(),
+            deleting: Arc::default(),
+        }))
+    }
+
+    /// The namespace jobs go to unless their spec says otherwise.
+    pub fn default_namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The requests made so far.
+    pub fn stats(&self) -> &RequestStats {
+        &self.stats
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn stats_arc(&self) -> &Arc<RequestStats> {
+        &self.stats
+    }
+
+    /// Deletes waiting in the background for the API to confirm them.
+    pub fn pending_deletes(&self) -> Vec<String> {
+        self.deleting.lock().expect("not poisoned").iter().map(|(ns, name, _)| format!("{ns}/{name}")).collect()
+    }
+
+    /// Follows object `name` in `namespace` through the namespace's shared
+    /// watch (started on first use; `jobs` also watches batch Jobs there).
+    pub fn follow(&self, namespace: &str, name: &str, jobs: bool) -> watch::Receiver<Observed> {
+        let shared = {
+            let mut watches = self.watches.lock().expect("not poisoned");
+            watches
+                .entry(namespace.to_owned())
+                .or_insert_with(|| {
+                    let w = Arc::new(NamespaceWatch { senders: Senders::default(), jobs_started: Mutex::new(false) });
+                    tokio::spawn(watch_pods(self.runner(namespace), w.senders.clone()));
+                    w
+                })
+                .clone()
+        };
+        if jobs {
+            let mut started = shared.jobs_started.lock().expect("not poisoned");
+            if !*started {
+                *started = true;
+                tokio::spawn(watch_jobs(self.runner(namespace), shared.senders.clone()));
+            }
+        }
+        let mut senders = shared.senders.lock().expect("not poisoned");
+        senders.entry(name.to_owned()).or_insert_with(|| watch::channel(Observed::default()).0).subscribe()
+    }
+
+    /// Stops following `name` (the watch forgets it once it is deleted).
+    pub fn unfollow(&self, namespace: &str, name: &str) {
+        if let Some(w) = self.watches.lock().expect("not poisoned").get(namespace) {
+            let mut senders = w.senders.lock().expect("not poisoned");
+            if senders.get(name).is_some_and(|s| s.receiver_count() <= 1) {
+                senders.remove(name);
+            }
+        }
+    }
+
+    fn runner(&self, namespace: &str) -> Runner {
+        Runner {
+            client: self.client.clone(),
+            namespace: namespace.to_owned(),
+            stats: self.stats.clone(),
+            cleanup_after: self.cleanup_after,
+            deleting: self.deleting.clone(),
+        }
+    }
+
+    /// Deletes the pod or Job `name` (a Job with its pods). `Ok` once the API
+    /// confirmed (or the object is gone already).
+    ///
+    /// # Errors
+    ///
+    /// The API's message when it refused or could not be reached.
+    pub async fn delete(&self, namespace: &str, name: &str, job: bool) -> Result<(), kube::Error> {
+        self.runner(namespace).delete(name, job).await
+    }
+
+    /// Deletes in the background, retrying (from 1 s, doubling up to a
+    /// minute) until the API confirms: for a kill that could not reach it.
+    pub fn delete_in_background(&self, namespace: &str, name: &str, job: bool) {
+        let key = (namespace.to_owned(), name.to_owned(), job);
+        {
+            let mut deleting = self.deleting.lock().expect("not poisoned");
+            if deleting.contains(&key) {
+                return;
+            }
+            deleting.push(key.clone());
+        }
+        let runner = self.runner(namespace);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match runner.delete(&key.1, key.2).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(object = %key.1, error = %e, ?delay, "cannot delete; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+            runner.deleting.lock().expect("not poisoned").retain(|k| k != &key);
+        });
+    }
+
+    /// Whether `namespace/name` is still to be deleted in the background.
+    pub fn delete_pending(&self, namespace: &str, name: &str) -> bool {
+        self.deleting.lock().expect("not poisoned").iter().any(|(ns, n, _)| ns == namespace && n == name)
+    }
+
+    /// The logs of pod `name` (for a Job: of its latest pod), if the API offers them.
+    ///
+    /// # Errors
+    ///
+    /// The API's message.
+    pub async fn logs(&self, namespace: &str, name: &str, job: bool) -> Result<String, kube::Error> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = if job {
+            self.stats.gets.fetch_add(1, Ordering::Relaxed);
+            let list = pods.list(&ListParams::default().labels(&format!("{OBJECT_LABEL}={name}"))).await?;
+            let latest = list.items.into_iter().max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+            latest.and_then(|p| p.metadata.name).unwrap_or_else(|| name.to_owned())
+        } else {
+            name.to_owned()
+        };
+        self.stats.logs.fetch_add(1, Ordering::Relaxed);
+        pods.logs(&pod, &kube::api::LogParams { limit_bytes: Some(16 << 20), ..Default::default() }).await
+    }
+}
+
+/// What a watch task needs, without the `Cloud`.
+struct Runner {
+    client: Client,
+    namespace: String,
+    stats: Arc<RequestStats>,
+    cleanup_after: Duration,
+    deleting: Arc<Mutex<Vec<(String, String, bool)>>>,
+}
+
+impl Runner {
+    async fn delete(&self, name: &str, job: bool) -> Result<(), kube::Error> {
+        self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+        let result = if job {
+            let dp =
+                DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+            Api::<Job>::namespaced(self.client.clone(), &self.namespace).delete(name, &dp).await.map(|_| ())
+        } else {
+            Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes an ended object after `cleanup_after`, counted from now.
+    fn clean_up_later(self: &Arc<Self>, name: String, job: bool) {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(runner.cleanup_after).await;
+            let mut delay = Duration::from_secs(1);
+            for _ in 0..10 {
+                match runner.delete(&name, job).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(object = %name, error = %e, "cannot clean up; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn selector() -> String {
+    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+}
+
+/// Updates `name`'s observation, kept for a process that follows it now or
+/// later; forgotten once the object is deleted and nobody follows it.
+fn publish(senders: &Senders, name: &str, deleted: bool, change: impl FnOnce(&mut Observed)) {
+    let mut senders = senders.lock().expect("not poisoned");
+    let sender = senders.entry(name.to_owned()).or_insert_with(|| watch::channel(Observed::default()).0);
+    sender.send_modify(change);
+    if deleted && sender.receiver_count() == 0 {
+        senders.remove(name);
+    }
+}
+
+fn observe_pod(pod: &Pod, o: &mut Observed) {
+    o.pod_seen = true;
+    o.pod_deleted = false;
+    let Some(status) = &pod.status else { return };
+    o.phase = status.phase.clone();
+    let container = status.container_statuses.as_ref().and_then(|c| c.first());
+    let state = container.and_then(|c| c.state.as_ref());
+    if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+        o.exit_code = Some(t.exit_code);
+        o.reason = t.reason.clone().map(|r| match &t.message {
+            Some(m) if !m.is_empty() => format!("{r}: {m}"),
+            _ => r,
+        });
+    } else if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+        o.reason = w.reason.clone().map(|r| match &w.message {
+            Some(m) if !m.is_empty() => format!("{r}: {m}"),
+            _ => r,
+        });
+    } else if o.phase.as_deref() == Some("Pending")
+        && let Some(c) = status.conditions.as_ref().and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+        && c.status == "False"
+    {
+        o.reason = c.message.clone().or_else(|| c.reason.clone());
+    }
+    if o.phase.as_deref() == Some("Failed") && o.reason.is_none() {
+        o.reason = status.message.clone().or_else(|| status.reason.clone());
+    }
+}
+
+fn object_of(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<String> {
+    labels.and_then(|l| l.get(OBJECT_LABEL)).cloned()
+}
+
+fn pod_ended(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+fn owned_by_job(pod: &Pod) -> bool {
+    pod.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.kind == "Job"))
+}
+
+/// The shared pod watch of a namespace.
+async fn watch_pods(runner: Runner, senders: Senders) {
+    let runner = Arc::new(runner);
+    let api: Api<Pod> = Api::namespaced(runner.client.clone(), &runner.namespace);
+    let mut cleaning = std::collections::HashSet::new();
+    let janitor = runner.clone();
+    watch_loop(&runner, api, "pods", |pod: &Pod, deleted| {
+        let Some(name) = object_of(pod.metadata.labels.as_ref()) else { return };
+        publish(&senders, &name, deleted, |o| {
+            if deleted {
+                o.pod_deleted = true;
+            } else {
+                observe_pod(pod, o);
+            }
+        });
+        // The janitor: ended bare pods go after `cleanup_after` (a Job's go with it).
+        if !deleted && pod_ended(pod) && !owned_by_job(pod) && cleaning.insert(name.clone()) {
+            janitor.clean_up_later(name, false);
+        }
+    })
+    .await;
+}
+
+/// List, then watch from the list's resource version; a watch that ends or
+/// breaks is re-established from the last version seen; a version too old
+/// (410 Gone) lists again. `on` gets every object and whether it was deleted.
+async fn watch_loop<K>(runner: &Runner, api: Api<K>, what: &str, mut on: impl FnMut(&K, bool))
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let namespace = &runner.namespace;
+    let mut version: Option<String> = None;
+    let mut delay = Duration::from_millis(500);
+    let backoff = |delay: &mut Duration| {
+        let now = *delay;
+        *delay = (*delay * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(now)
+    };
+    loop {
+        let rv = match version.clone() {
+            Some(rv) => rv,
+            None => {
+                runner.stats.watches.fetch_add(1, Ordering::Relaxed);
+                match api.list(&ListParams::default().labels(&selector())).await {
+                    Ok(list) => {
+                        for object in &list.items {
+                            on(object, false);
+                        }
+                        list.metadata.resource_version.unwrap_or_default()
+                    }
+                    Err(e) => {
+                        tracing::warn!(%namespace, error = %e, "cannot list {what}; trying again");
+                        backoff(&mut delay).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        runner.stats.watches.fetch_add(1, Ordering::Relaxed);
+        let params = WatchParams::default().labels(&selector()).timeout(290);
+        let stream = match api.watch(&params, &rv).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%namespace, error = %e, "cannot watch {what}; trying again");
+                version = Some(rv);
+                backoff(&mut delay).await;
+                continue;
+            }
+        };
+        delay = Duration::from_millis(500);
+        version = Some(rv);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(WatchEvent::Added(object) | WatchEvent::Modified(object)) => {
+                    version = object.meta().resource_version.clone().or(version);
+                    on(&object, false);
+                }
+                Ok(WatchEvent::Deleted(object)) => {
+                    version = object.meta().resource_version.clone().or(version);
+                    on(&object, true);
+                }
+                Ok(WatchEvent::Bookmark(b)) => version = Some(b.metadata.resource_version),
+                Ok(WatchEvent::Error(status)) if status.code == 410 => {
+                    version = None; // too old: list again
+                    break;
+                }
+                Ok(WatchEvent::Error(status)) => {
+                    tracing::warn!(%namespace, message = %status.message, "the {what} watch reported an error");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%namespace, error = %e, "the {what} watch broke; re-establishing it");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn observe_job(job: &Job, o: &mut Observed) {
+    o.job_deleted = false;
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    for c in conditions.into_iter().flatten() {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" => o.job_succeeded = Some(true),
+            "Failed" => {
+                o.job_succeeded = Some(false);
+                o.job_message = c.message.clone().or_else(|| c.reason.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The shared Job watch of a namespace.
+async fn watch_jobs(runner: Runner, senders: Senders) {
+    let runner = Arc::new(runner);
+    let api: Api<Job> = Api::namespaced(runner.client.clone(), &runner.namespace);
+    let mut cleaning = std::collections::HashSet::new();
+    let janitor = runner.clone();
+    watch_loop(&runner, api, "jobs", |job: &Job, deleted| {
+        let Some(name) = object_of(job.metadata.labels.as_ref()) else { return };
+        let mut ended = false;
+        publish(&senders, &name, deleted, |o| {
+            if deleted {
+                o.job_deleted = true;
+            } else {
+                observe_job(job, o);
+                ended = o.job_succeeded.is_some();
+            }
+        });
+        if ended && cleaning.insert(name.clone()) {
+            janitor.clean_up_later(name, true);
+        }
+    })
+    .await;
+}
