@@ -76,7 +76,8 @@ struct NamespaceWatch {
 }
 
 /// A Kubernetes cluster. Make one per cluster and share it (`Arc`) among its
-/// processes. See the [module docs](self).
+/// processes: one shared watch per namespace, a background deleter and a
+/// janitor for the objects of ended jobs.
 pub struct Cloud {
     client: Client,
     namespace: String,

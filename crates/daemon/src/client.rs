@@ -54,7 +54,8 @@ pub enum ClientError {
     },
 }
 
-/// A client. See the [module docs](self).
+/// A client of the control API, over the daemon's Unix socket or TCP (with its
+/// token); one HTTP/1.1 connection per request.
 #[derive(Clone, Debug)]
 pub struct Client {
     target: Target,
