@@ -8,6 +8,12 @@
 //! scheduler = "slurm"           # "slurm", "slurm-accounting" (sacct) or "direct"
 //! work_dir = "drover-work"      # remote, relative to the login directory
 //! poll_interval_secs = 10       # one status command per interval (>= 1)
+//!
+//! [cloud]                       # the Kubernetes cluster of cloud jobs (optional)
+//! kubeconfig = "~/.kube/config" # default: $KUBECONFIG, ~/.kube/config, in-cluster
+//! context = "science"           # default: the kubeconfig's current context
+//! namespace = "jobs"            # default: the context's namespace
+//! cleanup_after_secs = 600      # how long ended jobs' pods are kept
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +29,16 @@ use serde::Deserialize;
 struct File {
     #[serde(default)]
     computer: BTreeMap<String, Entry>,
+    cloud: Option<CloudEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudEntry {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    namespace: Option<String>,
+    cleanup_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,18 +76,44 @@ pub(crate) fn config_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".drover-config"))
 }
 
-/// The configured computers (none if there is no file).
-///
-/// # Errors
-///
-/// A message naming the file (and line and column) when it cannot be read.
-pub(crate) fn computers(dir: &Path) -> Result<HashMap<String, Arc<Computer>>, String> {
+fn read(dir: &Path) -> Result<(PathBuf, File), String> {
     let path = dir.join("computers.toml");
     let file: File = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
         Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
     };
+    Ok((path, file))
+}
+
+/// The Kubernetes cluster settings (`[cloud]`; defaults if there is none).
+///
+/// # Errors
+///
+/// A message naming the file when it cannot be read.
+pub(crate) fn cloud(dir: &Path) -> Result<drover_cloud::CloudSettings, String> {
+    let (_, file) = read(dir)?;
+    let entry = file.cloud.unwrap_or_default();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let kubeconfig = entry.kubeconfig.map(|p| match (p.strip_prefix("~"), &home) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => p,
+    });
+    Ok(drover_cloud::CloudSettings {
+        kubeconfig,
+        context: entry.context,
+        namespace: entry.namespace,
+        cleanup_after: entry.cleanup_after_secs.map_or(drover_cloud::DEFAULT_CLEANUP_AFTER, Duration::from_secs),
+    })
+}
+
+/// The configured computers (none if there is no file).
+///
+/// # Errors
+///
+/// A message naming the file (and line and column) when it cannot be read.
+pub(crate) fn computers(dir: &Path) -> Result<HashMap<String, Arc<Computer>>, String> {
+    let (path, file) = read(dir)?;
     let mut computers = HashMap::new();
     for (name, entry) in file.computer {
         let where_ = format!("{}: computer `{name}`", path.display());

@@ -49,7 +49,15 @@ pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> Exi
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let cloud = match config::cloud(config_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drover: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let config = DaemonConfig {
+        cloud,
         data_dir: data.to_path_buf(),
         store: options.store,
         computers,

@@ -23,6 +23,19 @@
 //! wall_time_secs = 3600
 //! partition = "debug"
 //! retrieve = ["relax.out"]
+//!
+//! [[job]]
+//! id = "render"
+//! image = "python:3.12-slim" # a cloud job: a pod on the Kubernetes cluster
+//! command = "python"         # the entrypoint (default: the image's)
+//! args = ["-c", "print(42)"]
+//! cpu = "500m"               # requests; cpu_limit and memory_limit for limits
+//! memory = "256Mi"
+//! namespace = "science"      # default: the cluster configuration's
+//! labels = { team = "physics" }
+//! service_account = "runner"
+//! batch_job = true           # a batch/v1 Job instead of a bare pod
+//! backoff_limit = 2
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -71,6 +84,39 @@ struct JobEntry {
     append: Option<String>,
     #[serde(default)]
     retrieve: Vec<String>,
+    // Cloud jobs.
+    image: Option<String>,
+    cpu: Option<String>,
+    memory: Option<String>,
+    cpu_limit: Option<String>,
+    memory_limit: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    service_account: Option<String>,
+    batch_job: Option<bool>,
+    backoff_limit: Option<i32>,
+}
+
+impl JobEntry {
+    /// The cloud-only keys that are set.
+    fn cloud_keys(&self) -> Option<&'static str> {
+        [
+            ("image", self.image.is_some()),
+            ("cpu", self.cpu.is_some()),
+            ("memory", self.memory.is_some()),
+            ("cpu_limit", self.cpu_limit.is_some()),
+            ("memory_limit", self.memory_limit.is_some()),
+            ("namespace", self.namespace.is_some()),
+            ("labels", !self.labels.is_empty()),
+            ("service_account", self.service_account.is_some()),
+            ("batch_job", self.batch_job.is_some()),
+            ("backoff_limit", self.backoff_limit.is_some()),
+        ]
+        .iter()
+        .find(|(_, set)| *set)
+        .map(|(key, _)| *key)
+    }
 }
 
 /// A job ready to run.
@@ -115,8 +161,14 @@ pub(crate) fn load(
             }
             let where_ = format!("{}: job `{local}`", path.display());
             let job = match entry.computer.clone() {
+                None if entry.image.is_some() => {
+                    cloud_job(entry, &where_, out_dir.join(&id), &format!("{run_id}.{id}"))?
+                }
                 None => shell_job(entry, &where_, out_dir, &id)?,
                 Some(computer) => {
+                    if let Some(key) = entry.cloud_keys() {
+                        return Err(format!("{where_}: `{key}` is for cloud jobs (give `image`, not `computer`)"));
+                    }
                     if !computers.contains(&computer) {
                         let known =
                             if computers.is_empty() { "none are configured".to_owned() } else { computers.join(", ") };
@@ -164,6 +216,9 @@ fn shell_job(entry: JobEntry, where_: &str, out_dir: &Path, id: &str) -> Result<
     if let Some((key, _)) = scheduler_only.iter().find(|(_, set)| *set) {
         return Err(format!("{where_}: `{key}` is for scheduler jobs (give `computer`)"));
     }
+    if let Some(key) = entry.cloud_keys() {
+        return Err(format!("{where_}: `{key}` is for cloud jobs (give `image`)"));
+    }
     let (program, args) = command_or_script(entry.command, entry.args, entry.script, where_)?;
     let mut spec = ShellSpec::program(program, args);
     spec.env.set = entry.env;
@@ -210,4 +265,50 @@ fn scheduler_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str, co
     };
     spec.validate().map_err(|e| format!("{where_}: {}", e.problem))?;
     Ok(Job::Scheduler { computer, spec })
+}
+
+fn cloud_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str) -> Result<Job, String> {
+    let not_cloud = [
+        ("cwd", entry.cwd.is_some()),
+        ("timeout_secs", entry.timeout_secs.is_some()),
+        ("nodes", entry.nodes.is_some()),
+        ("tasks", entry.tasks.is_some()),
+        ("cpus_per_task", entry.cpus_per_task.is_some()),
+        ("memory_mb", entry.memory_mb.is_some()),
+        ("wall_time_secs", entry.wall_time_secs.is_some()),
+        ("partition", entry.partition.is_some()),
+        ("account", entry.account.is_some()),
+        ("qos", entry.qos.is_some()),
+        ("directives", !entry.directives.is_empty()),
+        ("prepend", entry.prepend.is_some()),
+        ("append", entry.append.is_some()),
+        ("retrieve", !entry.retrieve.is_empty()),
+    ];
+    if let Some((key, _)) = not_cloud.iter().find(|(_, set)| *set) {
+        return Err(format!("{where_}: `{key}` is not for cloud jobs (an `image` makes this one)"));
+    }
+    let (command, args) = match (entry.command, entry.script) {
+        (Some(command), None) => (vec![command], entry.args),
+        (None, Some(script)) if entry.args.is_empty() => (vec!["/bin/sh".to_owned(), "-c".to_owned()], vec![script]),
+        (None, Some(_)) => return Err(format!("{where_}: `args` go with `command`, not with `script`")),
+        (Some(_), Some(_)) => return Err(format!("{where_}: give `command` or `script`, not both")),
+        (None, None) => (Vec::new(), entry.args),
+    };
+    let spec = drover_cloud::CloudSpec {
+        id: id.to_owned(),
+        image: entry.image.unwrap_or_default(),
+        command,
+        args,
+        env: entry.env,
+        requests: drover_cloud::Quantities { cpu: entry.cpu, memory: entry.memory },
+        limits: drover_cloud::Quantities { cpu: entry.cpu_limit, memory: entry.memory_limit },
+        namespace: entry.namespace,
+        labels: entry.labels,
+        service_account: entry.service_account,
+        batch_job: entry.batch_job.unwrap_or(false),
+        backoff_limit: entry.backoff_limit,
+        local_dir,
+    };
+    spec.validate().map_err(|e| format!("{where_}: {e}"))?;
+    Ok(Job::Cloud { spec })
 }

@@ -344,10 +344,6 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&out_dir) {
-        eprintln!("drover: cannot create {}: {e}", out_dir.display());
-        return ExitCode::from(2);
-    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -355,6 +351,29 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
             return ExitCode::FAILURE;
         }
     };
+    // Cloud jobs need their cluster: found (or not) before anything runs.
+    let cloud = if planned.iter().any(|p| matches!(p.job, drover_engine::Job::Cloud { .. })) {
+        let settings = match config::cloud(config) {
+            Ok(settings) => settings,
+            Err(e) => {
+                eprintln!("drover: {e}\ndrover: nothing was run");
+                return ExitCode::from(2);
+            }
+        };
+        match rt.block_on(drover_cloud::Cloud::connect(&settings)) {
+            Ok(cloud) => Ok(cloud),
+            Err(e) => {
+                eprintln!("drover: the file has cloud jobs, but {e}\ndrover: nothing was run");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        Err("the job files had no cloud jobs".to_owned())
+    };
+    if let Err(e) = std::fs::create_dir_all(&out_dir) {
+        eprintln!("drover: cannot create {}: {e}", out_dir.display());
+        return ExitCode::from(2);
+    }
     let local = Rc::new(LocalSet::new());
     let total = planned.len();
     let result: Result<Vec<(String, Outcome)>, String> = local.block_on(&rt, {
@@ -365,7 +384,7 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
             let store_path = data.join("drover.db");
             let store = Store::open(store_path.to_str().unwrap_or("drover.db")).await.map_err(|e| e.to_string())?;
             let governor = jobs.map_or_else(Governor::default, Governor::new);
-            let engine = Engine::new(store, local, governor, computers, out_dir.join(".supervise"));
+            let engine = Engine::new(store, local, governor, computers, out_dir.join(".supervise")).with_cloud(cloud);
             for job in planned {
                 let id = format!("{run_id}.{}", job.id);
                 engine.submit(&id, job.job).await.map_err(|e| e.to_string())?;
@@ -411,6 +430,9 @@ fn describe(outcome: &Outcome) -> String {
         }
         Outcome::Scheduler(drover_scheduler::JobState::Failed { reason, .. }) => reason.clone(),
         Outcome::Scheduler(state) => format!("{state:?}"),
+        Outcome::Cloud(drover_cloud::CloudState::Finished { exit_code, name }) => format!("exit {exit_code}, {name}"),
+        Outcome::Cloud(drover_cloud::CloudState::Failed { reason, .. }) => reason.clone(),
+        Outcome::Cloud(state) => format!("{state:?}"),
         Outcome::Error(e) => e.to_string(),
     }
 }

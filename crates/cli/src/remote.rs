@@ -257,6 +257,14 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
                 );
                 println!("outputs:   {}", spec.local_dir.display());
             }
+            Ok(Job::Cloud { spec }) => {
+                println!("image:     {}", spec.image);
+                let words = spec.command.iter().chain(&spec.args).map(String::as_str);
+                println!("command:   {}", drover_scheduler::quote_all(words));
+                let ns = spec.namespace.as_deref().unwrap_or("(the cluster's default)");
+                println!("object:    {} {} in namespace {ns}", if spec.batch_job { "Job" } else { "pod" }, spec.object_name());
+                println!("outputs:   {}", spec.local_dir.display());
+            }
             Err(_) => println!("spec:      {}", detail.spec),
         }
         println!("history:");

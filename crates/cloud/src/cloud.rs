@@ -101,7 +101,54 @@ pub enum CloudError {
     Config(String),
 }
 
+/// Where a cluster is and how drover uses it: what `[cloud]` in
+/// `computers.toml` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudSettings {
+    /// A kubeconfig file (default: `$KUBECONFIG`, `~/.kube/config`, else
+    /// the in-cluster service account).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// A context of the kubeconfig (default: its current one).
+    pub context: Option<String>,
+    /// The namespace of jobs that name none (default: the context's).
+    pub namespace: Option<String>,
+    /// How long the objects of ended jobs are kept.
+    pub cleanup_after: Duration,
+}
+
+impl Default for CloudSettings {
+    fn default() -> Self {
+        CloudSettings { kubeconfig: None, context: None, namespace: None, cleanup_after: DEFAULT_CLEANUP_AFTER }
+    }
+}
+
 impl Cloud {
+    /// A cluster as `settings` say.
+    ///
+    /// # Errors
+    ///
+    /// [`CloudError::Config`] when the configuration cannot be found or read.
+    pub async fn connect(settings: &CloudSettings) -> Result<Arc<Cloud>, CloudError> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let options = KubeConfigOptions { context: settings.context.clone(), ..KubeConfigOptions::default() };
+        let mut config = match &settings.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path)
+                    .map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(file, &options).await.map_err(|e| CloudError::Config(e.to_string()))?
+            }
+            None if settings.context.is_some() => {
+                Config::from_kubeconfig(&options).await.map_err(|e| CloudError::Config(e.to_string()))?
+            }
+            None => Config::infer().await.map_err(|e| CloudError::Config(e.to_string()))?,
+        };
+        if let Some(ns) = &settings.namespace {
+            config.default_namespace = ns.clone();
+        }
+        config.read_timeout = Some(Duration::from_secs(30));
+        Cloud::from_config(config, settings.cleanup_after)
+    }
+
     /// A cluster from the configuration `kubectl` would use: `$KUBECONFIG`
     /// or `~/.kube/config` (its current context), else the in-cluster
     /// service account.

@@ -58,6 +58,9 @@ pub struct DaemonConfig {
     pub http: Option<SocketAddr>,
     /// Allow `http` on an address that is not loopback.
     pub allow_non_loopback: bool,
+    /// The Kubernetes cluster of cloud jobs. If it cannot be reached at
+    /// start, cloud jobs are refused with the reason.
+    pub cloud: drover_cloud::CloudSettings,
 }
 
 /// Why a daemon could not start.
@@ -114,6 +117,8 @@ enum Call {
         offset: u64,
         reply: Reply<Result<String, String>>,
     },
+    /// Reads a cloud job's log from the API while it runs.
+    CloudLog { namespace: Option<String>, name: String, job: bool, reply: Reply<Result<String, String>> },
 }
 
 /// Runs a daemon in the foreground until it is told to stop (`POST
@@ -231,7 +236,11 @@ async fn engine_main(
 ) -> Result<(), DaemonError> {
     let store = Store::open(&store_location).await.map_err(|e| DaemonError::Engine(e.to_string()))?;
     let governor = config.jobs.map_or_else(Governor::default, Governor::new);
-    let engine = Rc::new(Engine::new(store, local, governor, config.computers, paths.supervise()));
+    let cloud = drover_cloud::Cloud::connect(&config.cloud).await.map_err(|e| e.to_string());
+    if let Err(e) = &cloud {
+        tracing::warn!(error = %e, "cloud jobs are refused");
+    }
+    let engine = Rc::new(Engine::new(store, local, governor, config.computers, paths.supervise()).with_cloud(cloud));
     engine.forget_ended();
     let recovery = engine.recover().await.map_err(|e| DaemonError::Engine(e.to_string()))?;
     tracing::info!(
@@ -288,6 +297,16 @@ async fn answer(engine: Rc<Engine>, call: Call) {
         }
         Call::Subscribe(reply) => {
             let _ = reply.send(engine.changes());
+        }
+        Call::CloudLog { namespace, name, job, reply } => {
+            let result = match engine.cloud() {
+                None => Err("this daemon has no Kubernetes cluster".to_owned()),
+                Some(cloud) => {
+                    let ns = namespace.unwrap_or_else(|| cloud.default_namespace().to_owned());
+                    cloud.logs(&ns, &name, job).await.map_err(|e| format!("the logs of {ns}/{name}: {e}"))
+                }
+            };
+            let _ = reply.send(result);
         }
         Call::RemoteLog { computer, job, file, offset, reply } => {
             let result = match engine.computer_named(&computer) {
@@ -548,6 +567,34 @@ async fn logs(
         Stream::Stderr => "stderr",
     };
     let (path, remote) = match job {
+        Job::Cloud { spec } => {
+            if q.stream == Stream::Stderr {
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("Kubernetes keeps one log per container: `{id}`'s is its stdout"),
+                ));
+            }
+            let path = spec.local_dir.join("stdout.txt");
+            if let Ok(data) = read_from(&path, q.offset).await {
+                let (data, offset) = utf8_prefix(data, q.offset);
+                return Ok(axum::Json(LogChunk { data, offset, terminal, source: path.display().to_string() }));
+            }
+            if terminal {
+                let why = std::fs::read_to_string(spec.local_dir.join("logs-unavailable.txt")).unwrap_or_default();
+                if !why.trim().is_empty() {
+                    return Err(ApiError(StatusCode::NOT_FOUND, format!("the API gave no logs: {}", why.trim())));
+                }
+            }
+            let name = spec.object_name();
+            let (namespace, batch) = (spec.namespace.clone(), spec.batch_job);
+            let all = app
+                .call(|reply| Call::CloudLog { namespace, name: name.clone(), job: batch, reply })
+                .await?
+                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
+            let rest = all.as_bytes().get(usize::try_from(q.offset).unwrap_or(usize::MAX)..).unwrap_or_default();
+            let (data, offset) = utf8_prefix(rest.to_vec(), q.offset);
+            return Ok(axum::Json(LogChunk { data, offset, terminal, source: format!("pod {name}") }));
+        }
         Job::Shell { spec } => {
             let output = if q.stream == Stream::Stdout { spec.stdout } else { spec.stderr };
             match output {

@@ -39,6 +39,8 @@ use drover_store::{Checkpoint, NewProcess, Store, StoreError, StoreRecorder, Sto
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::LocalSet;
+#[cfg(feature = "cloud")]
+use drover_cloud::{Cloud, CloudProcess, CloudSpec, CloudState};
 
 pub use info::{ProcessDetail, ProcessInfo, Transition};
 
@@ -57,6 +59,12 @@ pub enum Job {
         computer: String,
         /// The job.
         spec: JobSpec,
+    },
+    /// A cloud job on the engine's Kubernetes cluster.
+    #[cfg(feature = "cloud")]
+    Cloud {
+        /// What it runs.
+        spec: CloudSpec,
     },
 }
 
@@ -77,6 +85,14 @@ pub enum EngineError {
     /// A process id that is taken (in the store, or twice in one submission).
     #[error("process `{0}` already exists")]
     Duplicate(String),
+    /// A cloud job, but the engine has no Kubernetes cluster.
+    #[error("cloud job `{id}`: no Kubernetes cluster: {problem}")]
+    NoCloud {
+        /// The job.
+        id: String,
+        /// Why there is none.
+        problem: String,
+    },
 }
 
 /// Why a pause, resume or kill by id could not be done.
@@ -133,6 +149,9 @@ pub enum Outcome {
     Shell(ShellState),
     /// A scheduler job's final state.
     Scheduler(JobState),
+    /// A cloud job's final state.
+    #[cfg(feature = "cloud")]
+    Cloud(CloudState),
     /// It ended with a runtime error (panic, aborted).
     Error(Error),
 }
@@ -143,6 +162,8 @@ impl Outcome {
         match self {
             Outcome::Shell(s) => s.succeeded(),
             Outcome::Scheduler(s) => s.succeeded(),
+            #[cfg(feature = "cloud")]
+            Outcome::Cloud(s) => s.succeeded(),
             Outcome::Error(_) => false,
         }
     }
@@ -162,6 +183,8 @@ pub struct Recovery {
 enum Handle {
     Shell(ProcessHandler<ShellState, ShellProcess>),
     Scheduler(ProcessHandler<JobState, SchedulerProcess>),
+    #[cfg(feature = "cloud")]
+    Cloud(ProcessHandler<CloudState, CloudProcess>),
 }
 
 /// Runs `$body` with `$h` bound to the handler, whatever the kind.
@@ -170,6 +193,8 @@ macro_rules! on_handle {
         match $handle {
             Handle::Shell($h) => $body,
             Handle::Scheduler($h) => $body,
+            #[cfg(feature = "cloud")]
+            Handle::Cloud($h) => $body,
         }
     };
 }
@@ -184,6 +209,11 @@ impl Handle {
             },
             Handle::Scheduler(h) => match h.ended().await {
                 Ok(()) => Outcome::Scheduler(h.state()),
+                Err(e) => Outcome::Error(e),
+            },
+            #[cfg(feature = "cloud")]
+            Handle::Cloud(h) => match h.ended().await {
+                Ok(()) => Outcome::Cloud(h.state()),
                 Err(e) => Outcome::Error(e),
             },
         }
@@ -238,6 +268,8 @@ pub struct Engine {
     handles: Rc<RefCell<HashMap<String, Rc<Handle>>>>,
     changes: broadcast::Sender<ProcessInfo>,
     forget_ended: Cell<bool>,
+    #[cfg(feature = "cloud")]
+    cloud: Result<Arc<Cloud>, String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -269,7 +301,28 @@ impl Engine {
             handles: Rc::default(),
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             forget_ended: Cell::new(false),
+            #[cfg(feature = "cloud")]
+            cloud: Err("none was given to the engine".to_owned()),
         }
+    }
+
+    /// Runs cloud jobs on `cloud`; or, with `Err(why)`, refuses them saying
+    /// why there is no cluster (no configuration found, say).
+    #[cfg(feature = "cloud")]
+    pub fn with_cloud(mut self, cloud: Result<Arc<Cloud>, String>) -> Engine {
+        self.cloud = cloud;
+        self
+    }
+
+    /// The Kubernetes cluster of cloud jobs, if the engine has one.
+    #[cfg(feature = "cloud")]
+    pub fn cloud(&self) -> Option<&Arc<Cloud>> {
+        self.cloud.as_ref().ok()
+    }
+
+    #[cfg(feature = "cloud")]
+    fn cloud_for(&self, id: &str) -> Result<Arc<Cloud>, EngineError> {
+        self.cloud.clone().map_err(|problem| EngineError::NoCloud { id: id.to_owned(), problem })
     }
 
     /// Lets go of each process once it has ended, so that a long-lived engine
@@ -384,8 +437,15 @@ impl Engine {
             if !ids.insert(id.as_str()) || self.store.get(id).await?.is_some() {
                 return Err(EngineError::Duplicate(id.clone()));
             }
-            if let Job::Scheduler { computer, .. } = job {
-                self.computer(computer)?;
+            match job {
+                Job::Scheduler { computer, .. } => {
+                    self.computer(computer)?;
+                }
+                #[cfg(feature = "cloud")]
+                Job::Cloud { .. } => {
+                    self.cloud_for(id)?;
+                }
+                Job::Shell { .. } => {}
             }
         }
         for (id, job) in jobs {
@@ -429,6 +489,14 @@ impl Engine {
                 let proc = SchedulerProcess::new(job, computer);
                 self.start(id, proc, false, self.template(&new, now_ms()), Handle::Scheduler);
             }
+            #[cfg(feature = "cloud")]
+            Job::Cloud { spec: job } => {
+                let cloud = self.cloud_for(id)?;
+                let new = new_process(id, "cloud", spec, &CloudState::Created);
+                self.store.insert(new.clone()).await?;
+                let proc = CloudProcess::new(job, cloud);
+                self.start(id, proc, false, self.template(&new, now_ms()), Handle::Cloud);
+            }
         }
         Ok(())
     }
@@ -464,6 +532,41 @@ impl Engine {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 let done = encode(&JobState::Killed { job_id: Some(job_id), cancel_pending: false });
+                let _ = store.record(&id, done, false, true).await;
+            });
+            resumed.push(stored.id);
+        }
+        #[cfg(feature = "cloud")]
+        resumed.extend(self.resume_pending_deletes().await?);
+        Ok(resumed)
+    }
+
+    /// Killed cloud jobs whose delete was still unconfirmed: deleted again in
+    /// the background, and recorded once the API confirms.
+    #[cfg(feature = "cloud")]
+    async fn resume_pending_deletes(&self) -> Result<Vec<String>, EngineError> {
+        let mut resumed = Vec::new();
+        for stored in self.store.terminal_marked("cloud", "\"delete_pending\":true").await? {
+            let Ok(CloudState::Killed { name: Some(name), delete_pending: true }) = decode::<CloudState>(&stored.checkpoint)
+            else {
+                continue;
+            };
+            let Ok(Job::Cloud { spec }) = serde_json::from_str::<Job>(&stored.spec) else { continue };
+            let cloud = match self.cloud_for(&stored.id) {
+                Ok(cloud) => cloud,
+                Err(e) => {
+                    self.store.mark_error(&stored.id, &e.to_string()).await?;
+                    continue;
+                }
+            };
+            let namespace = spec.namespace.clone().unwrap_or_else(|| cloud.default_namespace().to_owned());
+            cloud.delete_in_background(&namespace, &name, spec.batch_job);
+            let (store, id) = (self.store.clone(), stored.id.clone());
+            tokio::task::spawn_local(async move {
+                while cloud.delete_pending(&namespace, &name) {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                let done = encode(&CloudState::Killed { name: Some(name), delete_pending: false });
                 let _ = store.record(&id, done, false, true).await;
             });
             resumed.push(stored.id);
@@ -505,6 +608,12 @@ impl Engine {
                 let state: JobState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
                 let computer = self.computer(&computer).map_err(|e| e.to_string())?;
                 self.start(id, SchedulerProcess::restore(spec, computer, state), paused, template, Handle::Scheduler);
+            }
+            #[cfg(feature = "cloud")]
+            ("cloud", Job::Cloud { spec }) => {
+                let state: CloudState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
+                let cloud = self.cloud_for(id).map_err(|e| e.to_string())?;
+                self.start(id, CloudProcess::restore(spec, cloud, state), paused, template, Handle::Cloud);
             }
             (kind, _) => return Err(format!("unknown process kind `{kind}`")),
         }

@@ -117,3 +117,9 @@ impl Checkpoint for drover_scheduler::JobState {
     const KIND: &'static str = "scheduler";
     const VERSION: u32 = 1;
 }
+
+#[cfg(feature = "cloud")]
+impl Checkpoint for drover_cloud::CloudState {
+    const KIND: &'static str = "cloud";
+    const VERSION: u32 = 1;
+}
