@@ -262,7 +262,11 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
                 let words = spec.command.iter().chain(&spec.args).map(String::as_str);
                 println!("command:   {}", drover_scheduler::quote_all(words));
                 let ns = spec.namespace.as_deref().unwrap_or("(the cluster's default)");
-                println!("object:    {} {} in namespace {ns}", if spec.batch_job { "Job" } else { "pod" }, spec.object_name());
+                println!(
+                    "object:    {} {} in namespace {ns}",
+                    if spec.batch_job { "Job" } else { "pod" },
+                    spec.object_name()
+                );
                 println!("outputs:   {}", spec.local_dir.display());
             }
             Err(_) => println!("spec:      {}", detail.spec),

@@ -133,8 +133,8 @@ impl Cloud {
         let options = KubeConfigOptions { context: settings.context.clone(), ..KubeConfigOptions::default() };
         let mut config = match &settings.kubeconfig {
             Some(path) => {
-                let file = Kubeconfig::read_from(path)
-                    .map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
+                let file =
+                    Kubeconfig::read_from(path).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
                 Config::from_custom_kubeconfig(file, &options).await.map_err(|e| CloudError::Config(e.to_string()))?
             }
             None if settings.context.is_some() => {

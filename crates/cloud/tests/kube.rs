@@ -72,10 +72,10 @@ async fn pods_run_to_their_end_through_one_shared_watch() {
             let bad_name = object_name(&format!("{base}.fails"));
             for name in [&ok_name, &bad_name] {
                 wait_bound(&client, "default", name).await;
-                run(&client, "default", name).await;
+                run(&client, "default", name).await.unwrap();
             }
-            finish(&client, "default", &ok_name, 0, "Completed").await;
-            finish(&client, "default", &bad_name, 3, "Error").await;
+            finish(&client, "default", &ok_name, 0, "Completed").await.unwrap();
+            finish(&client, "default", &bad_name, 3, "Error").await.unwrap();
 
             let ok_end = ok.join().await.unwrap();
             assert_eq!(ok_end.state(), &CloudState::Finished { name: ok_name.clone(), exit_code: 0 });
@@ -153,14 +153,14 @@ async fn a_batch_job_is_followed_through_its_pod_and_killed_with_it() {
             // The Job controller (real) makes the pods; play the node for them.
             let a_pod = node::job_pod(&client, "default", &done.object_name()).await;
             wait_bound(&client, "default", &a_pod).await;
-            run(&client, "default", &a_pod).await;
-            finish(&client, "default", &a_pod, 0, "Completed").await;
+            run(&client, "default", &a_pod).await.unwrap();
+            finish(&client, "default", &a_pod, 0, "Completed").await.unwrap();
             let end = a.join().await.unwrap();
             assert_eq!(end.state(), &CloudState::Finished { name: done.object_name(), exit_code: 0 });
 
             let b_pod = node::job_pod(&client, "default", &killed.object_name()).await;
             wait_bound(&client, "default", &b_pod).await;
-            run(&client, "default", &b_pod).await;
+            run(&client, "default", &b_pod).await.unwrap();
             let mut rx = b.subscribe();
             while !matches!(*rx.borrow_and_update(), CloudState::Running { .. }) {
                 rx.changed().await.unwrap();

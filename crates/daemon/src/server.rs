@@ -118,7 +118,12 @@ enum Call {
         reply: Reply<Result<String, String>>,
     },
     /// Reads a cloud job's log from the API while it runs.
-    CloudLog { namespace: Option<String>, name: String, job: bool, reply: Reply<Result<String, String>> },
+    CloudLog {
+        namespace: Option<String>,
+        name: String,
+        job: bool,
+        reply: Reply<Result<String, String>>,
+    },
 }
 
 /// Runs a daemon in the foreground until it is told to stop (`POST

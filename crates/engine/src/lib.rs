@@ -32,6 +32,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "cloud")]
+use drover_cloud::{Cloud, CloudProcess, CloudSpec, CloudState};
 use drover_core::{DriveMode, Error, Process, ProcessHandler, Recorder, State, spawn_recorded, spawn_recorded_paused};
 use drover_scheduler::{Computer, JobSpec, JobState, SchedulerProcess};
 use drover_shell::{Governor, ShellProcess, ShellSpec, ShellState};
@@ -39,8 +41,6 @@ use drover_store::{Checkpoint, NewProcess, Store, StoreError, StoreRecorder, Sto
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::LocalSet;
-#[cfg(feature = "cloud")]
-use drover_cloud::{Cloud, CloudProcess, CloudSpec, CloudState};
 
 pub use info::{ProcessDetail, ProcessInfo, Transition};
 
@@ -547,7 +547,8 @@ impl Engine {
     async fn resume_pending_deletes(&self) -> Result<Vec<String>, EngineError> {
         let mut resumed = Vec::new();
         for stored in self.store.terminal_marked("cloud", "\"delete_pending\":true").await? {
-            let Ok(CloudState::Killed { name: Some(name), delete_pending: true }) = decode::<CloudState>(&stored.checkpoint)
+            let Ok(CloudState::Killed { name: Some(name), delete_pending: true }) =
+                decode::<CloudState>(&stored.checkpoint)
             else {
                 continue;
             };

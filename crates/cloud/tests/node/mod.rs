@@ -78,15 +78,14 @@ pub(crate) async fn job_pod(client: &Client, ns: &str, job: &str) -> String {
     }
 }
 
-async fn set_status(client: &Client, ns: &str, name: &str, status: serde_json::Value) {
+async fn set_status(client: &Client, ns: &str, name: &str, status: serde_json::Value) -> Result<(), kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status })))
-        .await
-        .unwrap();
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status }))).await?;
+    Ok(())
 }
 
 /// The node started the pod's container.
-pub(crate) async fn run(client: &Client, ns: &str, name: &str) {
+pub(crate) async fn run(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error> {
     set_status(
         client,
         ns,
@@ -97,11 +96,11 @@ pub(crate) async fn run(client: &Client, ns: &str, name: &str) {
                                     "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } } }]
         }),
     )
-    .await;
+    .await
 }
 
 /// The node saw the container exit with `code`.
-pub(crate) async fn finish(client: &Client, ns: &str, name: &str, code: i32, reason: &str) {
+pub(crate) async fn finish(client: &Client, ns: &str, name: &str, code: i32, reason: &str) -> Result<(), kube::Error> {
     let phase = if code == 0 { "Succeeded" } else { "Failed" };
     set_status(
         client,
@@ -114,11 +113,61 @@ pub(crate) async fn finish(client: &Client, ns: &str, name: &str, code: i32, rea
                                                "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z" } } }]
         }),
     )
-    .await;
+    .await
 }
 
 /// Deletes a pod at once (no kubelet would confirm a graceful delete).
 pub(crate) async fn delete_now(client: &Client, ns: &str, name: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let _ = pods.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
+}
+
+/// A stand-in for the kubelet: "runs" every drover pod bound to the node in
+/// `ns` by setting its status, as a kubelet would: Running, then after
+/// `SLEEP_MS` (from the container's environment, default 0) Succeeded, or
+/// Failed with the exit code in `EXIT_CODE`. Runs until its task is dropped.
+pub(crate) async fn kubelet(client: Client, ns: String) {
+    use futures_util::StreamExt as _;
+    use kube::api::{WatchEvent, WatchParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = "app.kubernetes.io/managed-by=drover";
+    let mut started = std::collections::HashSet::new();
+    loop {
+        let list = pods.list(&ListParams::default().labels(selector)).await.unwrap();
+        let handle = |pod: &Pod, started: &mut std::collections::HashSet<String>| {
+            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if !bound
+                || pod.metadata.deletion_timestamp.is_some()
+                || phase != "Pending"
+                || !started.insert(name.clone())
+            {
+                return;
+            }
+            let env = pod.spec.as_ref().map(|s| s.containers[0].env.clone().unwrap_or_default()).unwrap_or_default();
+            let var = |key: &str| env.iter().find(|e| e.name == key).and_then(|e| e.value.clone());
+            let code: i32 = var("EXIT_CODE").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let sleep = Duration::from_millis(var("SLEEP_MS").and_then(|v| v.parse().ok()).unwrap_or(0));
+            let (client, ns) = (client.clone(), ns.clone());
+            tokio::spawn(async move {
+                if run(&client, &ns, &name).await.is_ok() {
+                    tokio::time::sleep(sleep).await;
+                    // A pod killed meanwhile is gone: nothing to finish.
+                    let _ = finish(&client, &ns, &name, code, if code == 0 { "Completed" } else { "Error" }).await;
+                }
+            });
+        };
+        for pod in &list.items {
+            handle(pod, &mut started);
+        }
+        let rv = list.metadata.resource_version.unwrap_or_default();
+        let Ok(stream) = pods.watch(&WatchParams::default().labels(selector).timeout(290), &rv).await else { continue };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(event)) = stream.next().await {
+            if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = event {
+                handle(&pod, &mut started);
+            }
+        }
+    }
 }
