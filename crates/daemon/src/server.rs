@@ -493,7 +493,7 @@ async fn submit(
     let jobs = submit.jobs.into_iter().map(|j| (j.id, j.job)).collect();
     match app.call(|r| Call::Submit(jobs, r)).await? {
         Ok(()) => Ok((StatusCode::CREATED, axum::Json(Submitted { ids }))),
-        Err(e @ (EngineError::Duplicate(_) | EngineError::UnknownComputer { .. })) => {
+        Err(e @ (EngineError::Duplicate(_) | EngineError::UnknownComputer { .. } | EngineError::NoCloud { .. })) => {
             Err(ApiError(StatusCode::CONFLICT, format!("{e}; nothing was submitted")))
         }
         Err(e) => Err(internal(e.to_string())),

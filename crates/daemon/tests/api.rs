@@ -42,6 +42,8 @@ fn config(dir: &Path) -> DaemonConfig {
         jobs: Some(4),
         http: Some("127.0.0.1:0".parse().unwrap()),
         allow_non_loopback: false,
+        // No cluster: cloud jobs are refused (the cloud tests have one).
+        cloud: drover_cloud::CloudSettings { kubeconfig: Some(dir.join("no-kubeconfig")), ..Default::default() },
     }
 }
 
@@ -158,6 +160,21 @@ fn a_submission_is_all_or_nothing_and_says_why() {
         };
         let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![job] }).await.unwrap_err();
         assert!(err.to_string().contains("unknown computer `nowhere`"), "{err}");
+        // A cloud job, and no cluster: refused, saying why.
+        let cloud = NewJob {
+            id: "k".into(),
+            job: Job::Cloud {
+                spec: drover_cloud::CloudSpec {
+                    id: "k".into(),
+                    image: "busybox".into(),
+                    local_dir: dir.path().join("k"),
+                    ..Default::default()
+                },
+            },
+        };
+        let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![cloud] }).await.unwrap_err();
+        assert!(err.to_string().contains("cloud job `k`: no Kubernetes cluster"), "{err}");
+        assert!(err.to_string().contains("no-kubeconfig"), "{err}");
         // Not JSON of a submission.
         let (status, body) = d.unix.raw(Method::POST, "/v1/processes", Some(b"{\"jobs\": 3}".to_vec())).await.unwrap();
         assert_eq!(status, StatusCode::BAD_REQUEST);
