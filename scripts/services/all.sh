@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start or stop every real service drover's tests need: sshd, SLURM, PostgreSQL,
-# and the browser of the web page's end-to-end test.
+# a Kubernetes control plane (built once from Debian's source and cached), and
+# the browser of the web page's end-to-end test.
 #
 #   scripts/services/all.sh start|stop|status
 #
@@ -14,11 +15,13 @@ start)
     "$here/sshd.sh" start
     "$here/slurm.sh" start
     "$here/postgres.sh" start
+    "$here/kube.sh" start
     "$here/browser.sh" start
     ;;
 stop | status)
     rc=0
     "$here/browser.sh" "$1" || rc=1
+    "$here/kube.sh" "$1" || rc=1
     "$here/postgres.sh" "$1" || rc=1
     "$here/slurm.sh" "$1" || rc=1
     "$here/sshd.sh" "$1" || rc=1

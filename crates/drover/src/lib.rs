@@ -1,8 +1,8 @@
 //! drover runs scientific computations as durable, controllable state machines
 //! on tokio.
 //!
-//! This crate is the front door: it re-exports the runtime ([`drover_core`]) and,
-//! as they arrive, the process kinds, the store and the engine.
+//! This crate is the front door: it re-exports the runtime ([`drover_core`]),
+//! the process kinds (shell, scheduler, cloud), the store and the engine.
 //!
 //! ```
 //! use drover::{spawn, DriveMode, Process, ProcessHandler, State};
@@ -20,6 +20,10 @@ pub use drover_shell as shell;
 /// Scheduler jobs on HPC clusters (feature `scheduler`, on by default).
 #[cfg(feature = "scheduler")]
 pub use drover_scheduler as scheduler;
+
+/// Cloud jobs on Kubernetes (feature `cloud`, on by default).
+#[cfg(feature = "cloud")]
+pub use drover_cloud as cloud;
 
 /// The durable store (feature `store`, on by default).
 #[cfg(feature = "store")]
