@@ -82,7 +82,11 @@ fn main() {
         println!("    {verb:<28} {d:>8.2} {n:>8.2}");
     }
     println!("    {:<28} {d_total:>8.2} {n_total:>8.2}   (goal for drover: <= 3)", "total per pod");
-    println!("  counted by drover: {per_process:.2} per pod; shared watch requests: {}", field("watches"));
+    println!(
+        "  counted by drover: {per_process:.2} per pod; the shared watch: {} list(s), {} watch connection(s)",
+        field("lists"),
+        field("watches")
+    );
     println!("  time to follow all to the end: drover {:.1} s, naive {:.1} s", field("time"), naive_time.as_secs_f64());
     println!(
         "  engine memory: peak RSS {:.1} MiB for {pods} pods ({:.1} KiB per pod above an empty engine's {:.1} MiB)",
@@ -230,6 +234,7 @@ fn engine(n: usize, run_ms: String) {
         let stats = cloud.stats();
         println!("#time={}", time.as_secs_f64());
         println!("#per_process={}", stats.per_process_requests());
+        println!("#lists={}", stats.lists.load(Ordering::Relaxed));
         println!("#watches={}", stats.watches.load(Ordering::Relaxed));
         println!("#base_kib={base}");
         println!("#peak_kib={}", rss_kib("VmHWM:"));

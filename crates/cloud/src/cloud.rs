@@ -31,7 +31,9 @@ pub struct RequestStats {
     pub deletes: AtomicU64,
     /// Log fetches.
     pub logs: AtomicU64,
-    /// Lists and watch (re)connections of the shared watches.
+    /// Lists of the shared watches (at start, and after 410 Gone).
+    pub lists: AtomicU64,
+    /// Watch (re)connections of the shared watches.
     pub watches: AtomicU64,
 }
 
@@ -459,7 +461,7 @@ where
         let rv = match version.clone() {
             Some(rv) => rv,
             None => {
-                runner.stats.watches.fetch_add(1, Ordering::Relaxed);
+                runner.stats.lists.fetch_add(1, Ordering::Relaxed);
                 match api.list(&ListParams::default().labels(&selector())).await {
                     Ok(list) => {
                         for object in &list.items {
