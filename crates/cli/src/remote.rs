@@ -178,23 +178,32 @@ pub(crate) fn list(data: &Path, filter: Filter, json: bool) -> ExitCode {
     }))
 }
 
-/// The process a user means: an exact id, or the one id that ends with
-/// `.GIVEN` or starts with `GIVEN`.
-async fn resolve(client: &Client, given: &str, all: &[ProcessInfo]) -> Result<String, Failure> {
+/// The process a user means: an exact id, or else among the ids that end
+/// with `.GIVEN` or start with `GIVEN` (the same job submitted again matches
+/// once per submission): the only one, else the only one still active, else
+/// (to read, not to control) the newest, said on stderr.
+fn resolve(given: &str, all: &[ProcessInfo], control: bool) -> Result<String, Failure> {
     if all.iter().any(|p| p.id == given) {
         return Ok(given.to_owned());
     }
-    let _ = client;
     let dotted = format!(".{given}");
-    let matches: Vec<&str> =
-        all.iter().filter(|p| p.id.ends_with(&dotted) || p.id.starts_with(given)).map(|p| p.id.as_str()).collect();
-    match matches.as_slice() {
-        [one] => Ok((*one).to_owned()),
-        [] => Err(Failure(EXIT_BAD_INPUT, format!("no process `{given}` (see `drover list`)"))),
-        many => Err(Failure(
+    let matches: Vec<&ProcessInfo> =
+        all.iter().filter(|p| p.id.ends_with(&dotted) || p.id.starts_with(given)).collect();
+    let active: Vec<&&ProcessInfo> = matches.iter().filter(|p| !p.terminal).collect();
+    let ids = |ps: &[&ProcessInfo]| ps.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ");
+    match (matches.as_slice(), active.as_slice()) {
+        ([], _) => Err(Failure(EXIT_BAD_INPUT, format!("no process `{given}` (see `drover list`)"))),
+        ([one], _) => Ok(one.id.clone()),
+        (_, [one]) => Ok(one.id.clone()),
+        (many, _) if control => Err(Failure(
             EXIT_BAD_INPUT,
-            format!("`{given}` could be any of {} processes: {}", many.len(), many.join(", ")),
+            format!("`{given}` could be any of {} processes: {}; give the full id", many.len(), ids(many)),
         )),
+        (many, _) => {
+            let newest = many.iter().max_by_key(|p| (p.created_at, p.id.as_str())).expect("not empty");
+            eprintln!("drover: `{given}` matches {} processes; showing the newest, {}", many.len(), newest.id);
+            Ok(newest.id.clone())
+        }
     }
 }
 
@@ -207,7 +216,7 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
     let rt = runtime();
     finish(rt.block_on(async {
         let client = client(data);
-        let id = resolve(&client, given, &all_processes(&client).await?).await?;
+        let id = resolve(given, &all_processes(&client).await?, false)?;
         let detail: ProcessDetail = client.get(&format!("/v1/processes/{}", encode(&id))).await?;
         if json {
             json_pretty(&detail);
@@ -298,7 +307,7 @@ pub(crate) fn control(data: &Path, action: Action, targets: Targets) -> ExitCode
         let all = all_processes(&client).await?;
         let mut ids = Vec::new();
         for given in &targets.ids {
-            ids.push(resolve(&client, given, &all).await?);
+            ids.push(resolve(given, &all, true)?);
         }
         if !filter.is_empty() {
             let chosen = all.iter().filter(|p| filter.matches(p) && (ids.is_empty() || ids.contains(&p.id)));
@@ -379,7 +388,7 @@ pub(crate) fn logs(data: &Path, given: &str, stream: Stream, follow: bool) -> Ex
     let rt = runtime();
     finish(rt.block_on(async {
         let client = client(data);
-        let id = resolve(&client, given, &all_processes(&client).await?).await?;
+        let id = resolve(given, &all_processes(&client).await?, false)?;
         let name = if stream == Stream::Stdout { "stdout" } else { "stderr" };
         let mut offset = 0;
         let mut out = std::io::stdout().lock();
@@ -398,4 +407,39 @@ pub(crate) fn logs(data: &Path, given: &str, stream: Stream, follow: bool) -> Ex
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, created_at: i64, terminal: bool) -> ProcessInfo {
+        let mut p: ProcessInfo = serde_json::from_value(serde_json::json!({
+            "id": id, "kind": "shell", "state": "running", "paused": false, "terminal": terminal,
+            "created_at": created_at, "updated_at": created_at
+        }))
+        .unwrap();
+        p.terminal = terminal;
+        p
+    }
+
+    #[test]
+    fn short_ids_resolve_to_the_one_meant() {
+        let all = [
+            info("run-a.q.hello", 1, true),
+            info("run-b.q.hello", 2, true),
+            info("run-b.q.nap", 2, false),
+            info("run-c.q.nap", 3, false),
+        ];
+        assert_eq!(resolve("run-a.q.hello", &all, true).ok(), Some("run-a.q.hello".into()));
+        // Read: the newest; control: refused, as two ended ones match.
+        assert_eq!(resolve("q.hello", &all, false).ok(), Some("run-b.q.hello".into()));
+        assert_eq!(resolve("q.hello", &all, true).err().map(|f| f.0), Some(EXIT_BAD_INPUT));
+        // Two active ones: ambiguous to control; to read, the newest.
+        assert_eq!(resolve("q.nap", &all, true).err().map(|f| f.0), Some(EXIT_BAD_INPUT));
+        assert_eq!(resolve("q.nap", &all, false).ok(), Some("run-c.q.nap".into()));
+        let one_active = [info("run-a.q.nap", 1, true), info("run-b.q.nap", 2, false)];
+        assert_eq!(resolve("q.nap", &one_active, true).ok(), Some("run-b.q.nap".into()));
+        assert_eq!(resolve("nothing", &all, false).err().map(|f| f.0), Some(EXIT_BAD_INPUT));
+    }
 }
