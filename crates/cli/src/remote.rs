@@ -244,7 +244,7 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
             Ok(Job::Shell { spec }) => {
                 println!(
                     "command:   {}",
-                    drover_scheduler::quote_all(
+                    fmt::command_line(
                         std::iter::once(spec.program.as_str()).chain(spec.args.iter().map(String::as_str))
                     )
                 );
@@ -260,7 +260,7 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
             Ok(Job::Scheduler { spec, .. }) => {
                 println!(
                     "command:   {}",
-                    drover_scheduler::quote_all(
+                    fmt::command_line(
                         std::iter::once(spec.command.as_str()).chain(spec.args.iter().map(String::as_str))
                     )
                 );
@@ -269,7 +269,7 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
             Ok(Job::Cloud { spec }) => {
                 println!("image:     {}", spec.image);
                 let words = spec.command.iter().chain(&spec.args).map(String::as_str);
-                println!("command:   {}", drover_scheduler::quote_all(words));
+                println!("command:   {}", fmt::command_line(words));
                 let ns = spec.namespace.as_deref().unwrap_or("(the cluster's default)");
                 println!(
                     "object:    {} {} in namespace {ns}",

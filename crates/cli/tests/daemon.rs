@@ -156,7 +156,7 @@ args = ["300"]
 
     // Show: spec, state, history, outputs.
     let shown = expect(d, &["show", "work.quick"], 0);
-    for needle in ["state:     finished (exit 0)", "command:   'echo' 'quick job'", "history:", "queued", "running"] {
+    for needle in ["state:     finished (exit 0)", "command:   echo 'quick job'", "history:", "queued", "running"] {
         assert!(shown.contains(needle), "{needle} in\n{shown}");
     }
     assert!(shown.contains(&format!("runs/{run}/work.quick.out")), "{shown}");
