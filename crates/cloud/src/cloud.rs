@@ -3,7 +3,7 @@
 //! janitor that deletes the objects of ended jobs after a while.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +87,12 @@ pub struct Cloud {
     stats: Arc<RequestStats>,
     watches: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
     deleting: Arc<Mutex<Vec<(String, String, bool)>>>,
+    watch_timeout: Arc<AtomicU32>,
 }
+
+/// How long the server keeps one watch request open before the watch
+/// reconnects (from the last resource version), by default.
+pub const DEFAULT_WATCH_TIMEOUT_SECS: u32 = 290;
 
 impl std::fmt::Debug for Cloud {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,7 +186,14 @@ impl Cloud {
             stats: Arc::default(),
             watches: Mutex::default(),
             deleting: Arc::default(),
+            watch_timeout: Arc::new(AtomicU32::new(DEFAULT_WATCH_TIMEOUT_SECS)),
         }))
+    }
+
+    /// Makes the server end each watch request after `secs` seconds (then
+    /// the watch reconnects from the last resource version it saw).
+    pub fn set_watch_timeout(&self, secs: u32) {
+        self.watch_timeout.store(secs.max(1), Ordering::Relaxed);
     }
 
     /// The namespace jobs go to unless their spec says otherwise.
@@ -249,6 +261,7 @@ impl Cloud {
             stats: self.stats.clone(),
             cleanup_after: self.cleanup_after,
             deleting: self.deleting.clone(),
+            watch_timeout: self.watch_timeout.clone(),
         }
     }
 
@@ -322,6 +335,7 @@ struct Runner {
     stats: Arc<RequestStats>,
     cleanup_after: Duration,
     deleting: Arc<Mutex<Vec<(String, String, bool)>>>,
+    watch_timeout: Arc<AtomicU32>,
 }
 
 impl Runner {
@@ -478,7 +492,7 @@ where
             }
         };
         runner.stats.watches.fetch_add(1, Ordering::Relaxed);
-        let params = WatchParams::default().labels(&selector()).timeout(290);
+        let params = WatchParams::default().labels(&selector()).timeout(runner.watch_timeout.load(Ordering::Relaxed));
         let stream = match api.watch(&params, &rv).await {
             Ok(stream) => stream,
             Err(e) => {

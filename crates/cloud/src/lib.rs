@@ -34,7 +34,9 @@ mod cloud;
 mod process;
 mod spec;
 
-pub use cloud::{Cloud, CloudError, CloudSettings, DEFAULT_CLEANUP_AFTER, Observed, RequestStats};
+pub use cloud::{
+    Cloud, CloudError, CloudSettings, DEFAULT_CLEANUP_AFTER, DEFAULT_WATCH_TIMEOUT_SECS, Observed, RequestStats,
+};
 pub use kube::Config;
 pub use process::{CloudProcess, CloudState, Retry};
 pub use spec::{CloudSpec, InvalidSpec, MANAGED_BY, OBJECT_LABEL, PROCESS_ANNOTATION, Quantities, object_name};
