@@ -52,6 +52,12 @@ impl RequestStats {
 pub struct Observed {
     /// The pod was seen (for a Job: a pod of it).
     pub pod_seen: bool,
+    /// The pod observed: for a Job, its newest pod (older attempts are ignored).
+    pub pod_name: Option<String>,
+    /// When that pod was created.
+    pub pod_created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Why the pod itself failed (`Evicted`, `DeadlineExceeded`), with the message.
+    pub pod_reason: Option<String>,
     /// The pod's phase: Pending, Running, Succeeded, Failed, Unknown.
     pub phase: Option<String>,
     /// The container's exit code, once it terminated.
@@ -65,6 +71,8 @@ pub struct Observed {
     pub job_succeeded: Option<bool>,
     /// A Job's failure message.
     pub job_message: Option<String>,
+    /// The Job was seen.
+    pub job_seen: bool,
     /// The Job was deleted.
     pub job_deleted: bool,
 }
@@ -75,13 +83,20 @@ type Senders = Arc<Mutex<HashMap<String, watch::Sender<Observed>>>>;
 struct NamespaceWatch {
     senders: Senders,
     jobs_started: Mutex<bool>,
+    /// The objects this `Cloud` followed: the janitor deletes only these, not
+    /// the ended pods of other drover engines in the namespace.
+    ours: Ours,
 }
+
+type Ours = Arc<Mutex<std::collections::HashSet<String>>>;
 
 /// A Kubernetes cluster. Make one per cluster and share it (`Arc`) among its
 /// processes: one shared watch per namespace, a background deleter and a
 /// janitor for the objects of ended jobs.
 pub struct Cloud {
     client: Client,
+    /// For the long-lived watches: no read timeout.
+    watch_client: Client,
     namespace: String,
     cleanup_after: Duration,
     stats: Arc<RequestStats>,
@@ -165,8 +180,8 @@ impl Cloud {
     /// [`CloudError::Config`] when there is none, or it cannot be read.
     pub async fn infer(cleanup_after: Duration) -> Result<Arc<Cloud>, CloudError> {
         let mut config = Config::infer().await.map_err(|e| CloudError::Config(e.to_string()))?;
-        // A request that hangs must not hold a process: every call but the
-        // watch ends within this time.
+        // A request that hangs must not hold a process: every call ends within
+        // this time (the watches use a client of their own, without it).
         config.read_timeout = Some(Duration::from_secs(30));
         Cloud::from_config(config, cleanup_after)
     }
@@ -178,9 +193,13 @@ impl Cloud {
     /// [`CloudError::Config`] when the client cannot be built from it.
     pub fn from_config(config: Config, cleanup_after: Duration) -> Result<Arc<Cloud>, CloudError> {
         let namespace = config.default_namespace.clone();
+        let mut watch_config = config.clone();
+        watch_config.read_timeout = None;
         let client = Client::try_from(config).map_err(|e| CloudError::Config(e.to_string()))?;
+        let watch_client = Client::try_from(watch_config).map_err(|e| CloudError::Config(e.to_string()))?;
         Ok(Arc::new(Cloud {
             client,
+            watch_client,
             namespace,
             cleanup_after,
             stats: Arc::default(),
@@ -227,8 +246,12 @@ impl Cloud {
             watches
                 .entry(namespace.to_owned())
                 .or_insert_with(|| {
-                    let w = Arc::new(NamespaceWatch { senders: Senders::default(), jobs_started: Mutex::new(false) });
-                    tokio::spawn(watch_pods(self.runner(namespace), w.senders.clone()));
+                    let w = Arc::new(NamespaceWatch {
+                        senders: Senders::default(),
+                        jobs_started: Mutex::new(false),
+                        ours: Ours::default(),
+                    });
+                    tokio::spawn(watch_pods(self.runner(namespace), w.senders.clone(), w.ours.clone()));
                     w
                 })
                 .clone()
@@ -237,18 +260,36 @@ impl Cloud {
             let mut started = shared.jobs_started.lock().expect("not poisoned");
             if !*started {
                 *started = true;
-                tokio::spawn(watch_jobs(self.runner(namespace), shared.senders.clone()));
+                tokio::spawn(watch_jobs(self.runner(namespace), shared.senders.clone(), shared.ours.clone()));
             }
         }
+        shared.ours.lock().expect("not poisoned").insert(name.to_owned());
         let mut senders = shared.senders.lock().expect("not poisoned");
         senders.entry(name.to_owned()).or_insert_with(|| watch::channel(Observed::default()).0).subscribe()
+    }
+
+    /// Whether the pod (or Job) `name` exists, asked of the API: for a
+    /// process whose object the watch has not seen (deleted while nobody
+    /// followed it).
+    ///
+    /// # Errors
+    ///
+    /// The API's message.
+    pub async fn exists(&self, namespace: &str, name: &str, job: bool) -> Result<bool, kube::Error> {
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        if job {
+            Ok(Api::<Job>::namespaced(self.client.clone(), namespace).get_opt(name).await?.is_some())
+        } else {
+            Ok(Api::<Pod>::namespaced(self.client.clone(), namespace).get_opt(name).await?.is_some())
+        }
     }
 
     /// Stops following `name` (the watch forgets it once it is deleted).
     pub fn unfollow(&self, namespace: &str, name: &str) {
         if let Some(w) = self.watches.lock().expect("not poisoned").get(namespace) {
             let mut senders = w.senders.lock().expect("not poisoned");
-            if senders.get(name).is_some_and(|s| s.receiver_count() <= 1) {
+            // The caller dropped its receiver already: remove only if nobody else follows.
+            if senders.get(name).is_some_and(|s| s.receiver_count() == 0) {
                 senders.remove(name);
             }
         }
@@ -257,6 +298,7 @@ impl Cloud {
     fn runner(&self, namespace: &str) -> Runner {
         Runner {
             client: self.client.clone(),
+            watch_client: self.watch_client.clone(),
             namespace: namespace.to_owned(),
             stats: self.stats.clone(),
             cleanup_after: self.cleanup_after,
@@ -278,6 +320,11 @@ impl Cloud {
     /// Deletes in the background, retrying (from 1 s, doubling up to a
     /// minute) until the API confirms: for a kill that could not reach it.
     pub fn delete_in_background(&self, namespace: &str, name: &str, job: bool) {
+        self.delete_in_background_after(namespace, name, job, Duration::ZERO);
+    }
+
+    /// As [`delete_in_background`](Self::delete_in_background), starting after `after`.
+    pub fn delete_in_background_after(&self, namespace: &str, name: &str, job: bool, after: Duration) {
         let key = (namespace.to_owned(), name.to_owned(), job);
         {
             let mut deleting = self.deleting.lock().expect("not poisoned");
@@ -288,6 +335,7 @@ impl Cloud {
         }
         let runner = self.runner(namespace);
         tokio::spawn(async move {
+            tokio::time::sleep(after).await;
             let mut delay = Duration::from_secs(1);
             loop {
                 match runner.delete(&key.1, key.2).await {
@@ -331,6 +379,7 @@ impl Cloud {
 /// What a watch task needs, without the `Cloud`.
 struct Runner {
     client: Client,
+    watch_client: Client,
     namespace: String,
     stats: Arc<RequestStats>,
     cleanup_after: Duration,
@@ -357,11 +406,15 @@ impl Runner {
         }
     }
 
-    /// Deletes an ended object after `cleanup_after`, counted from now.
-    fn clean_up_later(self: &Arc<Self>, name: String, job: bool) {
+    /// Deletes an ended object after `cleanup_after`, counted from now, if
+    /// it is one this `Cloud` followed.
+    fn clean_up_later(self: &Arc<Self>, name: String, job: bool, ours: Ours) {
         let runner = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(runner.cleanup_after).await;
+            if !ours.lock().expect("not poisoned").remove(&name) {
+                return; // another engine's: its janitor's business
+            }
             let mut delay = Duration::from_secs(1);
             for _ in 0..10 {
                 match runner.delete(&name, job).await {
@@ -393,9 +446,23 @@ fn publish(senders: &Senders, name: &str, deleted: bool, change: impl FnOnce(&mu
 }
 
 fn observe_pod(pod: &Pod, o: &mut Observed) {
+    // A Job may make several pods (retries): only its newest counts.
+    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    if o.pod_name.is_some() && o.pod_name != pod.metadata.name {
+        if created < o.pod_created {
+            return;
+        }
+        *o = Observed { job_succeeded: o.job_succeeded, job_message: o.job_message.take(), ..Observed::default() };
+    }
+    o.pod_name.clone_from(&pod.metadata.name);
+    o.pod_created = created;
     o.pod_seen = true;
     o.pod_deleted = false;
     let Some(status) = &pod.status else { return };
+    o.pod_reason = status.reason.clone().map(|r| match &status.message {
+        Some(m) if !m.is_empty() => format!("{r}: {m}"),
+        _ => r,
+    });
     o.phase = status.phase.clone();
     let container = status.container_statuses.as_ref().and_then(|c| c.first());
     let state = container.and_then(|c| c.state.as_ref());
@@ -434,33 +501,63 @@ fn owned_by_job(pod: &Pod) -> bool {
 }
 
 /// The shared pod watch of a namespace.
-async fn watch_pods(runner: Runner, senders: Senders) {
+async fn watch_pods(runner: Runner, senders: Senders, ours: Ours) {
     let runner = Arc::new(runner);
-    let api: Api<Pod> = Api::namespaced(runner.client.clone(), &runner.namespace);
+    let api: Api<Pod> = Api::namespaced(runner.watch_client.clone(), &runner.namespace);
     let mut cleaning = std::collections::HashSet::new();
     let janitor = runner.clone();
-    watch_loop(&runner, api, "pods", |pod: &Pod, deleted| {
-        let Some(name) = object_of(pod.metadata.labels.as_ref()) else { return };
-        publish(&senders, &name, deleted, |o| {
+    watch_loop(
+        &runner,
+        api,
+        "pods",
+        |pod: &Pod, deleted| {
+            let Some(name) = object_of(pod.metadata.labels.as_ref()) else { return };
+            publish(&senders, &name, deleted, |o| {
+                // Only the pod observed (a Job's newest) can be deleted from under it.
+                if deleted && (o.pod_name.is_none() || o.pod_name == pod.metadata.name) {
+                    o.pod_deleted = true;
+                } else if !deleted {
+                    observe_pod(pod, o);
+                }
+            });
             if deleted {
-                o.pod_deleted = true;
-            } else {
-                observe_pod(pod, o);
+                cleaning.remove(&name);
             }
-        });
-        // The janitor: ended bare pods go after `cleanup_after` (a Job's go with it).
-        if !deleted && pod_ended(pod) && !owned_by_job(pod) && cleaning.insert(name.clone()) {
-            janitor.clean_up_later(name, false);
-        }
-    })
+            // The janitor: ended bare pods go after `cleanup_after` (a Job's go with it).
+            if !deleted && pod_ended(pod) && !owned_by_job(pod) && cleaning.insert(name.clone()) {
+                janitor.clean_up_later(name, false, ours.clone());
+            }
+        },
+        |pods: &[Pod]| {
+            // A (re)list: pods seen before and missing now were deleted meanwhile.
+            let present: std::collections::HashSet<&str> =
+                pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+            let senders = senders.lock().expect("not poisoned");
+            for sender in senders.values() {
+                sender.send_if_modified(|o| {
+                    let gone =
+                        o.pod_seen && !o.pod_deleted && o.pod_name.as_deref().is_some_and(|n| !present.contains(n));
+                    if gone {
+                        o.pod_deleted = true;
+                    }
+                    gone
+                });
+            }
+        },
+    )
     .await;
 }
 
 /// List, then watch from the list's resource version; a watch that ends or
 /// breaks is re-established from the last version seen; a version too old
 /// (410 Gone) lists again. `on` gets every object and whether it was deleted.
-async fn watch_loop<K>(runner: &Runner, api: Api<K>, what: &str, mut on: impl FnMut(&K, bool))
-where
+async fn watch_loop<K>(
+    runner: &Runner,
+    api: Api<K>,
+    what: &str,
+    mut on: impl FnMut(&K, bool),
+    mut listed: impl FnMut(&[K]),
+) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let namespace = &runner.namespace;
@@ -481,6 +578,7 @@ where
                         for object in &list.items {
                             on(object, false);
                         }
+                        listed(&list.items);
                         list.metadata.resource_version.unwrap_or_default()
                     }
                     Err(e) => {
@@ -495,6 +593,10 @@ where
         let params = WatchParams::default().labels(&selector()).timeout(runner.watch_timeout.load(Ordering::Relaxed));
         let stream = match api.watch(&params, &rv).await {
             Ok(stream) => stream,
+            Err(kube::Error::Api(status)) if status.code == 410 => {
+                version = None; // too old: list again
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(%namespace, error = %e, "cannot watch {what}; trying again");
                 version = Some(rv);
@@ -502,8 +604,8 @@ where
                 continue;
             }
         };
-        delay = Duration::from_millis(500);
         version = Some(rv);
+        let mut failed = false;
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
@@ -522,18 +624,26 @@ where
                 }
                 Ok(WatchEvent::Error(status)) => {
                     tracing::warn!(%namespace, message = %status.message, "the {what} watch reported an error");
+                    failed = true;
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(%namespace, error = %e, "the {what} watch broke; re-establishing it");
+                    failed = true;
                     break;
                 }
             }
+            delay = Duration::from_millis(500);
+        }
+        if failed {
+            // Not in a tight loop against a server that keeps failing.
+            backoff(&mut delay).await;
         }
     }
 }
 
 fn observe_job(job: &Job, o: &mut Observed) {
+    o.job_seen = true;
     o.job_deleted = false;
     let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
     for c in conditions.into_iter().flatten() {
@@ -552,25 +662,47 @@ fn observe_job(job: &Job, o: &mut Observed) {
 }
 
 /// The shared Job watch of a namespace.
-async fn watch_jobs(runner: Runner, senders: Senders) {
+async fn watch_jobs(runner: Runner, senders: Senders, ours: Ours) {
     let runner = Arc::new(runner);
-    let api: Api<Job> = Api::namespaced(runner.client.clone(), &runner.namespace);
+    let api: Api<Job> = Api::namespaced(runner.watch_client.clone(), &runner.namespace);
     let mut cleaning = std::collections::HashSet::new();
     let janitor = runner.clone();
-    watch_loop(&runner, api, "jobs", |job: &Job, deleted| {
-        let Some(name) = object_of(job.metadata.labels.as_ref()) else { return };
-        let mut ended = false;
-        publish(&senders, &name, deleted, |o| {
+    watch_loop(
+        &runner,
+        api,
+        "jobs",
+        |job: &Job, deleted| {
+            let Some(name) = object_of(job.metadata.labels.as_ref()) else { return };
+            let mut ended = false;
+            publish(&senders, &name, deleted, |o| {
+                if deleted {
+                    o.job_deleted = true;
+                } else {
+                    observe_job(job, o);
+                    ended = o.job_succeeded.is_some();
+                }
+            });
             if deleted {
-                o.job_deleted = true;
-            } else {
-                observe_job(job, o);
-                ended = o.job_succeeded.is_some();
+                cleaning.remove(&name);
             }
-        });
-        if ended && cleaning.insert(name.clone()) {
-            janitor.clean_up_later(name, true);
-        }
-    })
+            if ended && cleaning.insert(name.clone()) {
+                janitor.clean_up_later(name, true, ours.clone());
+            }
+        },
+        |jobs: &[Job]| {
+            let present: std::collections::HashSet<String> =
+                jobs.iter().filter_map(|j| object_of(j.metadata.labels.as_ref())).collect();
+            let senders = senders.lock().expect("not poisoned");
+            for (name, sender) in senders.iter() {
+                sender.send_if_modified(|o| {
+                    let gone = o.job_seen && !o.job_deleted && !present.contains(name);
+                    if gone {
+                        o.job_deleted = true;
+                    }
+                    gone
+                });
+            }
+        },
+    )
     .await;
 }

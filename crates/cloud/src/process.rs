@@ -315,10 +315,31 @@ impl CloudProcess {
         let namespace = self.namespace();
         let jobs = self.spec.batch_job;
         let mut rx = self.cloud.follow(&namespace, &name, jobs);
+        let mut asked = false;
         let seen = loop {
             let observed = rx.borrow_and_update().clone();
             if let Some(next) = next_state(&name, &observed, running, jobs) {
                 break Some((next, observed));
+            }
+            let unseen = if jobs { !observed.job_seen } else { !observed.pod_seen };
+            if unseen && !asked {
+                // The watch shows a new object within moments; one it has not
+                // seen for a while may have been deleted while nobody followed
+                // it (during a pause, or while no engine ran): ask, once.
+                match tokio::time::timeout(UNSEEN_GRACE, interruptible(rx.changed())).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => break None,
+                    Err(_) => {
+                        asked = true;
+                        if let Ok(false) = self.cloud.exists(&namespace, &name, jobs).await {
+                            let kind = if jobs { "Job" } else { "pod" };
+                            let reason =
+                                format!("the {kind} {name} no longer exists: it was deleted before drover saw it end");
+                            break Some((CloudState::Failed { reason, exit_code: None }, observed));
+                        }
+                        continue;
+                    }
+                }
             }
             if interruptible(rx.changed()).await.is_err() {
                 break None;
@@ -326,8 +347,18 @@ impl CloudProcess {
         };
         drop(rx);
         self.cloud.unfollow(&namespace, &name);
-        let Some((next, _observed)) = seen else { return };
-        if next.is_done() && !matches!(next, CloudState::Failed { exit_code: None, .. }) {
+        let Some((next, observed)) = seen else { return };
+        let ended =
+            matches!(observed.phase.as_deref(), Some("Succeeded" | "Failed")) || observed.job_succeeded.is_some();
+        let exists = (observed.pod_seen || observed.job_seen) && !observed.pod_deleted && !observed.job_deleted;
+        if matches!(next, CloudState::Failed { .. }) && !ended && exists {
+            // It cannot run (its image cannot be pulled, say) and would wait
+            // for ever: delete it.
+            let deleted = tokio::time::timeout(self.kill_timeout, self.cloud.delete(&namespace, &name, jobs)).await;
+            if !matches!(deleted, Ok(Ok(()))) {
+                self.cloud.delete_in_background(&namespace, &name, jobs);
+            }
+        } else if next.is_done() && ended {
             self.save_logs(&namespace, &name).await;
         }
         self.state = next;
@@ -353,46 +384,50 @@ impl CloudProcess {
     }
 }
 
+/// How long a followed object may stay unseen by the watch before the
+/// process asks the API whether it still exists.
+const UNSEEN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a container cannot start that no waiting cures: the job fails.
+const CANNOT_START: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
 /// The state an observation leads to, if it leads anywhere.
 fn next_state(name: &str, o: &Observed, running: bool, job: bool) -> Option<CloudState> {
     let name = name.to_owned();
     if job {
-        if let Some(succeeded) = o.job_succeeded {
-            let exit_code = o.exit_code;
-            return Some(match (succeeded, exit_code) {
-                (true, code) => CloudState::Finished { name, exit_code: code.unwrap_or(0) },
-                (false, code) => CloudState::Failed {
-                    reason: o
-                        .job_message
-                        .clone()
-                        .or_else(|| o.reason.clone())
-                        .unwrap_or_else(|| "the Job failed".into()),
-                    exit_code: code,
-                },
-            });
+        match o.job_succeeded {
+            // Complete: its controller saw a pod succeed.
+            Some(true) => return Some(CloudState::Finished { name, exit_code: 0 }),
+            Some(false) => {
+                let reason =
+                    o.job_message.clone().or_else(|| o.reason.clone()).unwrap_or_else(|| "the Job failed".into());
+                return Some(CloudState::Failed { reason, exit_code: o.exit_code });
+            }
+            None => {}
         }
         if o.job_deleted {
-            return Some(CloudState::Failed {
-                reason: format!("the Job {name} was deleted outside drover"),
-                exit_code: None,
-            });
+            let reason = format!("the Job {name} was deleted outside drover");
+            return Some(CloudState::Failed { reason, exit_code: None });
         }
     } else {
-        if o.pod_deleted {
-            return Some(CloudState::Failed {
-                reason: format!("the pod {name} was deleted before drover saw it end"),
-                exit_code: o.exit_code,
-            });
-        }
         match o.phase.as_deref() {
             Some("Succeeded") => return Some(CloudState::Finished { name, exit_code: o.exit_code.unwrap_or(0) }),
             Some("Failed") => {
-                return Some(match o.exit_code {
+                return Some(match (o.exit_code, &o.pod_reason) {
+                    // The pod itself was ended (evicted, past its deadline).
+                    (code, Some(pod_reason)) => CloudState::Failed { reason: pod_reason.clone(), exit_code: code },
                     // The container ran and exited non-zero: a finished job that failed.
-                    Some(code) if code != 0 && o.reason.as_deref().is_none_or(|r| r.starts_with("Error")) => {
+                    (Some(code), None) if code != 0 && o.reason.as_deref().is_none_or(|r| r.starts_with("Error")) => {
                         CloudState::Finished { name, exit_code: code }
                     }
-                    code => CloudState::Failed {
+                    (code, None) => CloudState::Failed {
                         reason: o.reason.clone().unwrap_or_else(|| "the pod failed".into()),
                         exit_code: code,
                     },
@@ -400,6 +435,15 @@ fn next_state(name: &str, o: &Observed, running: bool, job: bool) -> Option<Clou
             }
             _ => {}
         }
+        if o.pod_deleted {
+            let reason = format!("the pod {name} was deleted before drover saw it end");
+            return Some(CloudState::Failed { reason, exit_code: o.exit_code });
+        }
+    }
+    if let Some(reason) = &o.reason
+        && CANNOT_START.iter().any(|r| reason.starts_with(r))
+    {
+        return Some(CloudState::Failed { reason: reason.clone(), exit_code: None });
     }
     if !running && o.phase.as_deref() == Some("Running") {
         return Some(CloudState::Running { name });
@@ -429,6 +473,10 @@ impl Process<CloudState> for CloudProcess {
         );
         if !confirmed {
             self.cloud.delete_in_background(&namespace, &name, job);
+        } else if matches!(self.state, CloudState::Creating { .. }) {
+            // The create this kill interrupted may still land after the
+            // delete: delete again a little later.
+            self.cloud.delete_in_background_after(&namespace, &name, job, Duration::from_secs(5));
         }
         self.state = CloudState::Killed { name: Some(name), delete_pending: !confirmed };
     }
@@ -489,6 +537,37 @@ mod tests {
         );
         let gone = Observed { pod_deleted: true, ..running.clone() };
         assert!(matches!(next_state("p", &gone, true, false), Some(CloudState::Failed { .. })));
+        let evicted = Observed {
+            phase: Some("Failed".into()),
+            exit_code: Some(137),
+            reason: Some("Error".into()),
+            pod_reason: Some("Evicted: low memory".into()),
+            ..running.clone()
+        };
+        assert_eq!(
+            next_state("p", &evicted, true, false),
+            Some(CloudState::Failed { reason: "Evicted: low memory".into(), exit_code: Some(137) })
+        );
+        let ended_then_deleted = Observed { pod_deleted: true, ..ok.clone() };
+        assert_eq!(
+            next_state("p", &ended_then_deleted, true, false),
+            Some(CloudState::Finished { name: "p".into(), exit_code: 0 })
+        );
+        let no_image = Observed {
+            phase: Some("Pending".into()),
+            reason: Some("ImagePullBackOff: not found".into()),
+            ..running.clone()
+        };
+        assert_eq!(
+            next_state("p", &no_image, false, false),
+            Some(CloudState::Failed { reason: "ImagePullBackOff: not found".into(), exit_code: None })
+        );
+        // A Job that completed succeeded, whatever an older attempt's exit code.
+        let retried = Observed { job_succeeded: Some(true), exit_code: Some(1), ..running.clone() };
+        assert_eq!(
+            next_state("j", &retried, true, true),
+            Some(CloudState::Finished { name: "j".into(), exit_code: 0 })
+        );
         let job = Observed { job_succeeded: Some(false), job_message: Some("BackoffLimitExceeded".into()), ..running };
         assert_eq!(
             next_state("j", &job, true, true),

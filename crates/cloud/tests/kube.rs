@@ -334,3 +334,50 @@ async fn an_unreachable_api_server_stalls_a_create_and_a_kill_ends_at_once() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_fails_and_a_pod_deleted_while_paused_is_noticed() {
+    let local = LocalSet::new();
+    local
+        .run_until(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cloud = cloud(Duration::from_secs(600)).await;
+            let client = kube_client().await;
+            let base = unique("gone");
+            // The node cannot pull the image: the job fails, its pod is deleted.
+            let mut nopull = spec(&format!("{base}.nopull"), dir.path());
+            nopull.image = "busybox:no-such-tag".into();
+            let h = spawn_owned(&local, CloudProcess::new(nopull.clone(), cloud.clone()), DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            let name = nopull.object_name();
+            wait_bound(&client, "default", &name).await;
+            node::cannot_pull(&client, "default", &name).await.unwrap();
+            let end = h.join().await.unwrap();
+            let CloudState::Failed { reason, exit_code: None } = end.state() else { panic!("{:?}", end.state()) };
+            assert!(reason.starts_with("ImagePullBackOff"), "{reason}");
+            let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+            let pod = pods.get_opt(&name).await.unwrap();
+            assert!(pod.as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some()), "{pod:?}");
+            node::delete_now(&client, "default", &name).await;
+
+            // Paused, its pod deleted meanwhile: resumed, it notices (it asks
+            // the API once about an object its watch has not seen).
+            let paused = spec(&format!("{base}.paused"), dir.path());
+            let name = paused.object_name();
+            let h = spawn_owned(&local, CloudProcess::new(paused, cloud.clone()), DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            wait_bound(&client, "default", &name).await;
+            let mut rx = h.subscribe();
+            while !matches!(*rx.borrow_and_update(), CloudState::Pending { .. }) {
+                rx.changed().await.unwrap();
+            }
+            h.pause().await.unwrap();
+            node::delete_now(&client, "default", &name).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            h.resume().unwrap();
+            let end = h.join().await.unwrap();
+            let CloudState::Failed { reason, .. } = end.state() else { panic!("{:?}", end.state()) };
+            assert!(reason.contains("deleted before drover saw it end"), "{reason}");
+        })
+        .await;
+}

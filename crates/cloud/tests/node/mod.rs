@@ -171,3 +171,19 @@ pub(crate) async fn kubelet(client: Client, ns: String) {
         }
     }
 }
+
+/// The node cannot pull the pod's image.
+pub(crate) async fn cannot_pull(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error> {
+    set_status(
+        client,
+        ns,
+        name,
+        serde_json::json!({
+            "phase": "Pending",
+            "containerStatuses": [{ "name": "main", "image": "busybox:no-such-tag", "imageID": "", "ready": false,
+                                    "restartCount": 0, "state": { "waiting": { "reason": "ImagePullBackOff",
+                                    "message": "Back-off pulling image \"busybox:no-such-tag\"" } } }]
+        }),
+    )
+    .await
+}
