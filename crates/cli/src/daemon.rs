@@ -31,6 +31,9 @@ pub(crate) struct DaemonOptions {
     store: Option<String>,
 }
 
+/// How `daemon start` hands the store's location to the daemon.
+const STORE_ENV: &str = "DROVER_STORE";
+
 pub(crate) fn client(data: &Path) -> Client {
     Client::new(Target::Unix(Paths::new(data).socket()))
 }
@@ -59,7 +62,7 @@ pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> Exi
     let config = DaemonConfig {
         cloud,
         data_dir: data.to_path_buf(),
-        store: options.store,
+        store: options.store.or_else(|| std::env::var(STORE_ENV).ok()),
         computers,
         jobs: options.jobs,
         http: options.http,
@@ -131,9 +134,8 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
     if let Some(jobs) = options.jobs {
         args.extend(["--jobs".into(), jobs.to_string()]);
     }
-    if let Some(store) = options.store {
-        args.extend(["--store".into(), store]);
-    }
+    // Not on the command line, where any local user could read a password.
+    let store = options.store;
     let spawned = std::env::current_exe().and_then(|exe| {
         use std::os::unix::process::CommandExt as _;
         let err = log.try_clone()?;
@@ -141,13 +143,11 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
         // process group, no stdin, output to the log): not a user command,
         // so not through drover-shell's wrapper.
         #[allow(clippy::disallowed_methods)]
-        std::process::Command::new(exe)
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
+        let mut command = std::process::Command::new(exe);
+        if let Some(store) = &store {
+            command.env(STORE_ENV, store);
+        }
+        command.args(&args).stdin(std::process::Stdio::null()).stdout(log).stderr(err).process_group(0).spawn()
     });
     let mut child = match spawned {
         Ok(child) => child,
@@ -160,7 +160,9 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
     let rt = runtime();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(info) = rt.block_on(client.get::<Info>("/v1/info")) {
+        if let Ok(info) = rt.block_on(client.get::<Info>("/v1/info"))
+            && info.ready
+        {
             println!("drover daemon started (pid {}) for {}", info.pid, info.data_dir);
             println!("  socket: {}", info.socket);
             if let Some(url) = web_url(&paths, &info) {
@@ -209,7 +211,8 @@ pub(crate) fn stop(data: &Path) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let rt = runtime();
-    let asked = rt.block_on(client(data).post::<_, serde_json::Value>("/v1/shutdown", &serde_json::json!({}))).is_ok();
+    let quick = client(data).with_timeout(Duration::from_secs(5));
+    let asked = rt.block_on(quick.post::<_, serde_json::Value>("/v1/shutdown", &serde_json::json!({}))).is_ok();
     let gone = |secs| {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {

@@ -86,16 +86,23 @@ fn json_pretty<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("serialisable"));
 }
 
-/// A new submission's id: `run-` and the time in base 36.
+/// A new submission's id: `run-`, the time in milliseconds in base 36, and
+/// two more characters of the time within it, so that two submissions in the
+/// same millisecond differ.
 pub(crate) fn new_run_id() -> String {
-    let mut n = u64::try_from(fmt::now_ms()).unwrap_or(0);
-    let mut digits = Vec::new();
-    while n > 0 {
-        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
-        n /= 36;
-    }
-    digits.reverse();
-    format!("run-{}", String::from_utf8(digits).unwrap_or_default())
+    let base36 = |mut n: u64, min: usize| {
+        let mut digits = Vec::new();
+        while n > 0 || digits.len() < min {
+            digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+            n /= 36;
+        }
+        digits.reverse();
+        String::from_utf8(digits).unwrap_or_default()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ms = u64::try_from(now.as_millis()).unwrap_or(0);
+    let within = u64::from(now.subsec_nanos() % 1_000_000) * 1296 / 1_000_000;
+    format!("run-{}{}", base36(ms, 1), base36(within, 2))
 }
 
 /// `drover submit`.

@@ -29,6 +29,10 @@ pub struct Info {
     pub http: Option<String>,
     /// The computers it knows, by name.
     pub computers: Vec<String>,
+    /// Whether it has opened its store and resumed its processes (it answers
+    /// before, but does not act on processes until then).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// Which processes: every given field must match.

@@ -59,6 +59,7 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct Client {
     target: Target,
+    timeout: std::time::Duration,
 }
 
 /// One server-sent event.
@@ -120,7 +121,15 @@ impl EventStream {
 impl Client {
     /// A client of `target`.
     pub fn new(target: Target) -> Client {
-        Client { target }
+        Client { target, timeout: std::time::Duration::from_secs(300) }
+    }
+
+    /// Gives up on a request (connecting, then the whole answer) after
+    /// `timeout` (default five minutes: a kill of many cluster jobs can take
+    /// a while). An event stream's body is not limited.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     fn where_(&self) -> String {
@@ -141,15 +150,20 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let response = self.send(method, path, body).await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol { where_: self.where_(), message: e.to_string() })?
-            .to_bytes();
-        Ok((status, bytes))
+        let timed_out =
+            || ClientError::Protocol { where_: self.where_(), message: format!("no answer within {:?}", self.timeout) };
+        let whole = async {
+            let response = self.send(method, path, body).await?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol { where_: self.where_(), message: e.to_string() })?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(self.timeout, whole).await.unwrap_or_else(|_| Err(timed_out()))
     }
 
     async fn send(
@@ -234,7 +248,10 @@ impl Client {
     ///
     /// [`ClientError`].
     pub async fn events(&self, path: &str) -> Result<EventStream, ClientError> {
-        let response = self.send(Method::GET, path, None).await?;
+        let response =
+            tokio::time::timeout(self.timeout, self.send(Method::GET, path, None)).await.map_err(|_| {
+                ClientError::Protocol { where_: self.where_(), message: format!("no answer within {:?}", self.timeout) }
+            })??;
         if !response.status().is_success() {
             let status = response.status();
             return Err(ClientError::Api { status, message: format!("{status} for {path}") });

@@ -200,7 +200,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         pid: std::process::id(),
         started_at: now_ms(),
         data_dir: paths.data_dir.display().to_string(),
-        store: store_location.clone(),
+        store: redact(&store_location),
         socket: socket.display().to_string(),
         http: tcp.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.to_string()),
         computers: {
@@ -208,8 +208,10 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             names.sort();
             names
         },
+        ready: false,
     };
-    let app = App { calls, info: Arc::new(info), shutdown: shutdown.clone() };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = App { calls, info: Arc::new(info), shutdown: shutdown.clone(), ready: ready.clone() };
     let api = std::thread::Builder::new()
         .name("drover-api".into())
         .spawn(move || serve(app, unix, tcp))
@@ -222,7 +224,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let local = Rc::new(LocalSet::new());
     let result = local.block_on(&rt, {
         let local = local.clone();
-        engine_main(config, paths.clone(), store_location, local, rx, shutdown)
+        engine_main(config, paths.clone(), store_location, local, rx, shutdown, ready)
     });
     // The API thread ends with the process: nothing is waited for, as after a crash.
     drop(api);
@@ -238,6 +240,7 @@ async fn engine_main(
     local: Rc<LocalSet>,
     mut calls: mpsc::UnboundedReceiver<Call>,
     shutdown: Arc<Notify>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), DaemonError> {
     let store = Store::open(&store_location).await.map_err(|e| DaemonError::Engine(e.to_string()))?;
     let governor = config.jobs.map_or_else(Governor::default, Governor::new);
@@ -257,6 +260,7 @@ async fn engine_main(
     for (id, error) in &recovery.failed {
         tracing::warn!(process = %id, %error, "could not resume");
     }
+    ready.store(true, std::sync::atomic::Ordering::Release);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| DaemonError::Io { path: "SIGTERM".into(), source })?;
     loop {
@@ -335,6 +339,19 @@ async fn answer(engine: Rc<Engine>, call: Call) {
     }
 }
 
+/// A store location fit to show: a URL's password replaced by `***`.
+fn redact(location: &str) -> String {
+    let Some((scheme, rest)) = location.split_once("://") else { return location.to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return location.to_owned() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    let shown = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+    match tail {
+        Some(t) => format!("{scheme}://{shown}@{host}/{t}"),
+        None => format!("{scheme}://{shown}@{host}"),
+    }
+}
+
 fn new_token() -> std::io::Result<String> {
     use std::io::Read as _;
     let mut bytes = [0u8; 24];
@@ -349,6 +366,8 @@ struct App {
     calls: mpsc::UnboundedSender<Call>,
     info: Arc<Info>,
     shutdown: Arc<Notify>,
+    /// Set once the store is open and recovery is done.
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An error answer.
@@ -416,6 +435,8 @@ fn router(app: App) -> Router {
 }
 
 const COOKIE: &str = "drover_token";
+/// The header the web page sends with every change.
+const CSRF_HEADER: &str = "x-drover-page";
 
 /// On the TCP listener: the token, as `Authorization: Bearer`, a cookie, or
 /// once as `?token=` on the page (which sets the cookie and drops it from
@@ -436,8 +457,22 @@ async fn require_token(State(token): State<Arc<str>>, headers: HeaderMap, reques
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|c| c.strip_prefix('=')))
         .any(same);
-    if bearer || cookie {
+    if bearer {
         return next.run(request).await;
+    }
+    if cookie {
+        // A cookie comes with any request the browser makes, also one a page
+        // of another local port sends: changes need a header no form can set
+        // (and that another origin cannot send without a CORS preflight).
+        let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+        if safe || headers.contains_key(CSRF_HEADER) {
+            return next.run(request).await;
+        }
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!("a change through the cookie needs the header `{CSRF_HEADER}`"),
+        )
+        .into_response();
     }
     let query_token =
         request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).is_some_and(same);
@@ -461,7 +496,9 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn info(State(app): State<App>) -> axum::Json<Info> {
-    axum::Json((*app.info).clone())
+    let mut info = (*app.info).clone();
+    info.ready = app.ready.load(std::sync::atomic::Ordering::Acquire);
+    axum::Json(info)
 }
 
 async fn list(State(app): State<App>, Query(filter): Query<Filter>) -> Result<axum::Json<ProcessList>, ApiError> {
@@ -493,6 +530,9 @@ async fn submit(
     let jobs = submit.jobs.into_iter().map(|j| (j.id, j.job)).collect();
     match app.call(|r| Call::Submit(jobs, r)).await? {
         Ok(()) => Ok((StatusCode::CREATED, axum::Json(Submitted { ids }))),
+        Err(e @ EngineError::InvalidId { .. }) => {
+            Err(ApiError(StatusCode::BAD_REQUEST, format!("{e}; nothing was submitted")))
+        }
         Err(e @ (EngineError::Duplicate(_) | EngineError::UnknownComputer { .. } | EngineError::NoCloud { .. })) => {
             Err(ApiError(StatusCode::CONFLICT, format!("{e}; nothing was submitted")))
         }
@@ -690,6 +730,16 @@ async fn shutdown(State(app): State<App>) -> (StatusCode, axum::Json<serde_json:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("postgres://drover:s3cret@127.0.0.1:5433/drover"),
+            "postgres://drover:***@127.0.0.1:5433/drover"
+        );
+        assert_eq!(redact("postgres://drover@host/db"), "postgres://drover@host/db");
+        assert_eq!(redact("/data/drover.db"), "/data/drover.db");
+    }
 
     #[test]
     fn a_cut_utf8_sequence_waits_for_the_next_piece() {

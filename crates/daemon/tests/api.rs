@@ -175,6 +175,13 @@ fn a_submission_is_all_or_nothing_and_says_why() {
         let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![cloud] }).await.unwrap_err();
         assert!(err.to_string().contains("cloud job `k`: no Kubernetes cluster"), "{err}");
         assert!(err.to_string().contains("no-kubeconfig"), "{err}");
+        // An id that would name a path outside the daemon's directories.
+        let mut bad = shell(dir.path(), "x", "true");
+        bad.id = "../escape".into();
+        let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![bad] }).await.unwrap_err();
+        let ClientError::Api { status, message } = err else { panic!("{err:?}") };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("process id `../escape`"), "{message}");
         // Not JSON of a submission.
         let (status, body) = d.unix.raw(Method::POST, "/v1/processes", Some(b"{\"jobs\": 3}".to_vec())).await.unwrap();
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -296,6 +303,27 @@ fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
         // The token once in the page's address: a cookie, and the address without it.
         let (status, _) = bare.raw(Method::GET, &format!("/?token={}", d.token), None).await.unwrap();
         assert_eq!(status, StatusCode::SEE_OTHER);
+        // With the cookie, a change also needs the page's header (no form
+        // of another local site can send it).
+        let raw = |request: String| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(&d.addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            answer
+        };
+        let cookie_post = |extra: &str| {
+            format!(
+                "POST /v1/processes/nope/kill HTTP/1.1\r\nHost: {}\r\nCookie: drover_token={}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n",
+                d.addr, d.token
+            )
+        };
+        // (Blocking calls are fine here: the daemon runs on threads of its own.)
+        let answer = raw(cookie_post(""));
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        let answer = raw(cookie_post("x-drover-page: 1\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
         // The Unix socket is private to its user, and needs no token.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(Paths::new(dir.path()).socket()).unwrap().permissions().mode();

@@ -85,6 +85,14 @@ pub enum EngineError {
     /// A process id that is taken (in the store, or twice in one submission).
     #[error("process `{0}` already exists")]
     Duplicate(String),
+    /// An id drover cannot use: it names files and cluster objects.
+    #[error("process id `{id}`: {problem}")]
+    InvalidId {
+        /// The id.
+        id: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A cloud job, but the engine has no Kubernetes cluster.
     #[error("cloud job `{id}`: no Kubernetes cluster: {problem}")]
     NoCloud {
@@ -268,6 +276,9 @@ pub struct Engine {
     handles: Rc<RefCell<HashMap<String, Rc<Handle>>>>,
     changes: broadcast::Sender<ProcessInfo>,
     forget_ended: Cell<bool>,
+    /// One batch submission at a time, so that the checks of one hold until
+    /// its inserts are done.
+    submitting: tokio::sync::Mutex<()>,
     #[cfg(feature = "cloud")]
     cloud: Result<Arc<Cloud>, String>,
 }
@@ -301,6 +312,7 @@ impl Engine {
             handles: Rc::default(),
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             forget_ended: Cell::new(false),
+            submitting: tokio::sync::Mutex::new(()),
             #[cfg(feature = "cloud")]
             cloud: Err("none was given to the engine".to_owned()),
         }
@@ -432,24 +444,45 @@ impl Engine {
     /// [`EngineError`]: a duplicate id, an unknown computer (then nothing is
     /// recorded), a store failure.
     pub async fn submit_all(&self, jobs: Vec<(String, Job)>) -> Result<(), EngineError> {
+        let _one_at_a_time = self.submitting.lock().await;
         let mut ids = HashSet::new();
         for (id, job) in &jobs {
             if !ids.insert(id.as_str()) || self.store.get(id).await?.is_some() {
                 return Err(EngineError::Duplicate(id.clone()));
             }
-            match job {
-                Job::Scheduler { computer, .. } => {
-                    self.computer(computer)?;
-                }
-                #[cfg(feature = "cloud")]
-                Job::Cloud { .. } => {
-                    self.cloud_for(id)?;
-                }
-                Job::Shell { .. } => {}
-            }
+            self.check(id, job)?;
         }
         for (id, job) in jobs {
             self.submit(&id, job).await?;
+        }
+        Ok(())
+    }
+
+    /// What can be checked of a job before anything is recorded.
+    fn check(&self, id: &str, job: &Job) -> Result<(), EngineError> {
+        let invalid = |problem: &str| Err(EngineError::InvalidId { id: id.to_owned(), problem: problem.to_owned() });
+        if id.is_empty() || id.len() > 200 {
+            return invalid("must have 1 to 200 characters");
+        }
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return invalid("may hold only letters, digits, `.`, `_` and `-`");
+        }
+        if id.starts_with('.') || id.contains("..") {
+            return invalid("may not start with `.` or hold `..`");
+        }
+        match job {
+            Job::Scheduler { computer, .. } => {
+                self.computer(computer)?;
+            }
+            #[cfg(feature = "cloud")]
+            Job::Cloud { spec } => {
+                // The spec's id names the pod: two processes must never share one.
+                if spec.id != id {
+                    return invalid(&format!("a cloud job's spec must carry its process id, not `{}`", spec.id));
+                }
+                self.cloud_for(id)?;
+            }
+            Job::Shell { .. } => {}
         }
         Ok(())
     }
@@ -474,6 +507,7 @@ impl Engine {
     /// [`EngineError`]: a duplicate id, an unknown computer, a store failure.
     /// Nothing is recorded or started then.
     pub async fn submit(&self, id: &str, job: Job) -> Result<(), EngineError> {
+        self.check(id, &job)?;
         let spec = serde_json::to_string(&job).expect("a job serialises");
         match job {
             Job::Shell { spec: shell } => {
