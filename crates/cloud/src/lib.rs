@@ -20,7 +20,8 @@
 //!   `drover.io/process-id`.
 //! - Requests per job: one create, one log fetch at the end, one delete (on
 //!   kill, or by the janitor after [`DEFAULT_CLEANUP_AFTER`]); states come
-//!   from the shared watch.
+//!   from the shared watch. A GET is added only after a create that found its
+//!   name taken, or for an object the watch has not seen for 10 s.
 //! - Kill deletes the pod (or the Job with its pods) and waits for the API to
 //!   confirm; if the API cannot be reached, the process ends at once as
 //!   `Killed { delete_pending: true }` and the deletion is retried in the
