@@ -166,7 +166,11 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // the daemon started can reach it.
     let socket = paths.socket();
     let _ = std::fs::remove_file(&socket); // stale: we hold the lock
-    let unix = std::os::unix::net::UnixListener::bind(&socket).map_err(io_err(&socket))?;
+    // Private from its first moment, not only once `chmod` ran.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = std::os::unix::net::UnixListener::bind(&socket);
+    nix::sys::stat::umask(umask);
+    let unix = bound.map_err(io_err(&socket))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err(&socket))?;
     unix.set_nonblocking(true).map_err(io_err(&socket))?;
     let tcp = match config.http {

@@ -405,7 +405,32 @@ impl Engine {
         handle.act(action).await.map_err(|error| match error {
             Error::Finished => ControlError::Ended { id: id.to_owned(), state: "ended".to_owned() },
             error => ControlError::Runtime { id: id.to_owned(), error },
-        })
+        })?;
+        #[cfg(feature = "cloud")]
+        if let Handle::Cloud(h) = &*handle
+            && let CloudState::Killed { name: Some(name), delete_pending: true } = h.state()
+        {
+            self.record_when_deleted(id, name);
+        }
+        Ok(())
+    }
+
+    /// Records a killed cloud job's delete as confirmed once the background
+    /// delete went through.
+    #[cfg(feature = "cloud")]
+    fn record_when_deleted(&self, id: &str, name: String) {
+        let Ok(cloud) = self.cloud.clone() else { return };
+        let (store, id) = (self.store.clone(), id.to_owned());
+        tokio::task::spawn_local(async move {
+            let spec = store.get(&id).await.ok().flatten().and_then(|p| serde_json::from_str::<Job>(&p.spec).ok());
+            let Some(Job::Cloud { spec }) = spec else { return };
+            let namespace = spec.namespace.unwrap_or_else(|| cloud.default_namespace().to_owned());
+            while cloud.delete_pending(&namespace, &name) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            let done = encode(&CloudState::Killed { name: Some(name), delete_pending: false });
+            let _ = store.record(&id, done, false, true).await;
+        });
     }
 
     /// Pauses process `id`. See [`control`](Self::control).
