@@ -115,7 +115,7 @@ enum Call {
         job: String,
         file: &'static str,
         offset: u64,
-        reply: Reply<Result<String, String>>,
+        reply: Reply<Result<Vec<u8>, String>>,
     },
     /// Reads a cloud job's log from the API while it runs.
     CloudLog {
@@ -326,13 +326,17 @@ async fn answer(engine: Rc<Engine>, call: Call) {
                 None => Err(format!("computer `{computer}` is not configured in this daemon")),
                 Some(c) => {
                     let path = format!("{}/{file}", c.work_dir(&job));
+                    // In base64: the bytes as they are, whatever the output holds,
+                    // so that offsets stay exact.
                     let command = format!(
-                        "if [ -e {p} ]; then tail -c +{} {p} | head -c {MAX_LOG_CHUNK}; fi",
+                        "if [ -e {p} ]; then tail -c +{} {p} | head -c {MAX_LOG_CHUNK} | base64; fi",
                         offset + 1,
                         p = drover_scheduler::quote(&path)
                     );
                     match c.transport.run(&command).await {
-                        Ok(out) if out.status == 0 => Ok(out.stdout),
+                        Ok(out) if out.status == 0 => {
+                            from_base64(&out.stdout).ok_or_else(|| format!("reading {path} on {computer}: not base64"))
+                        }
                         Ok(out) => Err(format!("reading {path} on {computer}: {}", out.stderr.trim())),
                         Err(e) => Err(format!("reading {path} on {computer}: {e}")),
                     }
@@ -341,6 +345,37 @@ async fn answer(engine: Rc<Engine>, call: Call) {
             let _ = reply.send(result);
         }
     }
+}
+
+/// Decodes base64 as `base64` prints it (lines of 76, `=` padding).
+fn from_base64(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let symbols: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !symbols.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(symbols.len() / 4 * 3);
+    for quad in symbols.chunks(4) {
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n: u32 = 0;
+        for &c in &quad[..4 - pad] {
+            n = (n << 6) | u32::from(value(c)?);
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
 }
 
 /// A store location fit to show: a URL's password replaced by `***`.
@@ -673,11 +708,11 @@ async fn logs(
         // A scheduler job that runs: its output is still on the computer.
         Some((computer, job, file)) if !terminal => {
             let source = format!("{computer}:{file}");
-            let data = app
+            let bytes = app
                 .call(|reply| Call::RemoteLog { computer, job, file, offset: q.offset, reply })
                 .await?
                 .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
-            let offset = q.offset + data.len() as u64;
+            let (data, offset) = utf8_prefix(bytes, q.offset);
             Ok(axum::Json(LogChunk { data, offset, terminal, source }))
         }
         // Not written yet (queued), or never written.
@@ -734,6 +769,16 @@ async fn shutdown(State(app): State<App>) -> (StatusCode, axum::Json<serde_json:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_as_coreutils_prints_it() {
+        assert_eq!(from_base64("aGVsbG8K\n").as_deref(), Some(&b"hello\n"[..]));
+        assert_eq!(from_base64("w7w=").as_deref(), Some("ü".as_bytes()));
+        assert_eq!(from_base64("/w==").as_deref(), Some(&[0xff][..]));
+        assert_eq!(from_base64(""), Some(Vec::new()));
+        assert_eq!(from_base64("abc"), None);
+        assert_eq!(from_base64("a*==").as_deref(), None);
+    }
 
     #[test]
     fn passwords_are_not_shown() {
