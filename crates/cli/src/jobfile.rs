@@ -99,9 +99,32 @@ struct JobEntry {
 }
 
 impl JobEntry {
-    /// The cloud-only keys that are set.
-    fn cloud_keys(&self) -> Option<&'static str> {
-        [
+    /// The first key set that only shell jobs take.
+    fn shell_key(&self) -> Option<&'static str> {
+        first_set(&[("cwd", self.cwd.is_some()), ("timeout_secs", self.timeout_secs.is_some())])
+    }
+
+    /// The first key set that only scheduler jobs take.
+    fn scheduler_key(&self) -> Option<&'static str> {
+        first_set(&[
+            ("nodes", self.nodes.is_some()),
+            ("tasks", self.tasks.is_some()),
+            ("cpus_per_task", self.cpus_per_task.is_some()),
+            ("memory_mb", self.memory_mb.is_some()),
+            ("wall_time_secs", self.wall_time_secs.is_some()),
+            ("partition", self.partition.is_some()),
+            ("account", self.account.is_some()),
+            ("qos", self.qos.is_some()),
+            ("directives", !self.directives.is_empty()),
+            ("prepend", self.prepend.is_some()),
+            ("append", self.append.is_some()),
+            ("retrieve", !self.retrieve.is_empty()),
+        ])
+    }
+
+    /// The first key set that only cloud jobs take.
+    fn cloud_key(&self) -> Option<&'static str> {
+        first_set(&[
             ("image", self.image.is_some()),
             ("cpu", self.cpu.is_some()),
             ("memory", self.memory.is_some()),
@@ -112,11 +135,12 @@ impl JobEntry {
             ("service_account", self.service_account.is_some()),
             ("batch_job", self.batch_job.is_some()),
             ("backoff_limit", self.backoff_limit.is_some()),
-        ]
-        .iter()
-        .find(|(_, set)| *set)
-        .map(|(key, _)| *key)
+        ])
     }
+}
+
+fn first_set(keys: &[(&'static str, bool)]) -> Option<&'static str> {
+    keys.iter().find(|(_, set)| *set).map(|(key, _)| *key)
 }
 
 /// A job ready to run.
@@ -166,7 +190,7 @@ pub(crate) fn load(
                 }
                 None => shell_job(entry, &where_, out_dir, &id)?,
                 Some(computer) => {
-                    if let Some(key) = entry.cloud_keys() {
+                    if let Some(key) = entry.cloud_key() {
                         return Err(format!("{where_}: `{key}` is for cloud jobs (give `image`, not `computer`)"));
                     }
                     if !computers.contains(&computer) {
@@ -199,24 +223,10 @@ fn command_or_script(
 }
 
 fn shell_job(entry: JobEntry, where_: &str, out_dir: &Path, id: &str) -> Result<Job, String> {
-    let scheduler_only = [
-        ("nodes", entry.nodes.is_some()),
-        ("tasks", entry.tasks.is_some()),
-        ("cpus_per_task", entry.cpus_per_task.is_some()),
-        ("memory_mb", entry.memory_mb.is_some()),
-        ("wall_time_secs", entry.wall_time_secs.is_some()),
-        ("partition", entry.partition.is_some()),
-        ("account", entry.account.is_some()),
-        ("qos", entry.qos.is_some()),
-        ("directives", !entry.directives.is_empty()),
-        ("prepend", entry.prepend.is_some()),
-        ("append", entry.append.is_some()),
-        ("retrieve", !entry.retrieve.is_empty()),
-    ];
-    if let Some((key, _)) = scheduler_only.iter().find(|(_, set)| *set) {
+    if let Some(key) = entry.scheduler_key() {
         return Err(format!("{where_}: `{key}` is for scheduler jobs (give `computer`)"));
     }
-    if let Some(key) = entry.cloud_keys() {
+    if let Some(key) = entry.cloud_key() {
         return Err(format!("{where_}: `{key}` is for cloud jobs (give `image`)"));
     }
     let (program, args) = command_or_script(entry.command, entry.args, entry.script, where_)?;
@@ -268,31 +278,16 @@ fn scheduler_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str, co
 }
 
 fn cloud_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str) -> Result<Job, String> {
-    let not_cloud = [
-        ("cwd", entry.cwd.is_some()),
-        ("timeout_secs", entry.timeout_secs.is_some()),
-        ("nodes", entry.nodes.is_some()),
-        ("tasks", entry.tasks.is_some()),
-        ("cpus_per_task", entry.cpus_per_task.is_some()),
-        ("memory_mb", entry.memory_mb.is_some()),
-        ("wall_time_secs", entry.wall_time_secs.is_some()),
-        ("partition", entry.partition.is_some()),
-        ("account", entry.account.is_some()),
-        ("qos", entry.qos.is_some()),
-        ("directives", !entry.directives.is_empty()),
-        ("prepend", entry.prepend.is_some()),
-        ("append", entry.append.is_some()),
-        ("retrieve", !entry.retrieve.is_empty()),
-    ];
-    if let Some((key, _)) = not_cloud.iter().find(|(_, set)| *set) {
+    if let Some(key) = entry.shell_key().or_else(|| entry.scheduler_key()) {
         return Err(format!("{where_}: `{key}` is not for cloud jobs (an `image` makes this one)"));
     }
+    // No command: the image's own entrypoint, with `args` if any.
     let (command, args) = match (entry.command, entry.script) {
-        (Some(command), None) => (vec![command], entry.args),
-        (None, Some(script)) if entry.args.is_empty() => (vec!["/bin/sh".to_owned(), "-c".to_owned()], vec![script]),
-        (None, Some(_)) => return Err(format!("{where_}: `args` go with `command`, not with `script`")),
-        (Some(_), Some(_)) => return Err(format!("{where_}: give `command` or `script`, not both")),
         (None, None) => (Vec::new(), entry.args),
+        (command, script) => {
+            let (program, args) = command_or_script(command, entry.args, script, where_)?;
+            (vec![program], args)
+        }
     };
     let spec = drover_cloud::CloudSpec {
         id: id.to_owned(),

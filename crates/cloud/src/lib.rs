@@ -38,6 +38,7 @@ mod spec;
 pub use cloud::{
     Cloud, CloudError, CloudSettings, DEFAULT_CLEANUP_AFTER, DEFAULT_WATCH_TIMEOUT_SECS, Observed, RequestStats,
 };
+pub use drover_core::RetryPolicy;
 pub use kube::Config;
-pub use process::{CloudProcess, CloudState, Retry};
+pub use process::{CloudProcess, CloudState};
 pub use spec::{CloudSpec, InvalidSpec, MANAGED_BY, OBJECT_LABEL, PROCESS_ANNOTATION, Quantities, object_name};

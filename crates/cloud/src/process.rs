@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_core::{Process, State, interruptible};
+use drover_core::{Process, RetryPolicy, State, interruptible, retrying};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -99,22 +99,6 @@ impl CloudState {
     }
 }
 
-/// How often a create that cannot reach the API is tried, and how long the
-/// first wait is (doubling after each try).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retry {
-    /// Tries in all.
-    pub attempts: u32,
-    /// The first wait.
-    pub first_delay: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry { attempts: 5, first_delay: Duration::from_secs(2) }
-    }
-}
-
 /// A cloud job on a [`Cloud`]. See the [crate docs](crate).
 ///
 /// Pause only stops following the pod: Kubernetes cannot pause a container,
@@ -127,7 +111,7 @@ pub struct CloudProcess {
     spec: CloudSpec,
     cloud: Arc<Cloud>,
     state: CloudState,
-    retry: Retry,
+    retry: RetryPolicy,
     kill_timeout: Duration,
 }
 
@@ -155,11 +139,18 @@ impl CloudProcess {
 
     /// A process restored in `state` (from a checkpoint).
     pub fn restore(spec: CloudSpec, cloud: Arc<Cloud>, state: CloudState) -> CloudProcess {
-        CloudProcess { spec, cloud, state, retry: Retry::default(), kill_timeout: Duration::from_secs(10) }
+        CloudProcess {
+            spec,
+            cloud,
+            state,
+            retry: RetryPolicy { attempts: 5, first_delay: Duration::from_secs(2) },
+            kill_timeout: Duration::from_secs(10),
+        }
     }
 
-    /// Retries of the create when the API cannot be reached.
-    pub fn with_retry(mut self, retry: Retry) -> CloudProcess {
+    /// Retries of the create when the API cannot be reached (default: 5
+    /// tries from 2 s).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> CloudProcess {
         self.retry = retry;
         self
     }
@@ -285,28 +276,15 @@ impl CloudProcess {
     }
 
     async fn create(&mut self, name: String) {
-        let mut delay = self.retry.first_delay;
-        for attempt in 1..=self.retry.attempts {
-            match self.create_once(&name).await {
-                Ok(()) => {
-                    self.state = CloudState::Pending { name };
-                    return;
-                }
-                Err(f) if f.transient && attempt < self.retry.attempts => {
-                    tracing::debug!(attempt, ?delay, error = %f.message, "retrying the create");
-                    interruptible(tokio::time::sleep(delay)).await;
-                    delay = delay.saturating_mul(2);
-                }
-                Err(f) if f.transient => {
-                    let error = format!("the API server cannot be reached: {}", f.message);
-                    self.stall(CloudState::Creating { name }, error);
-                    return;
-                }
-                Err(f) => {
-                    self.state = CloudState::Failed { reason: f.message, exit_code: None };
-                    return;
-                }
+        let this = &*self;
+        let result = retrying(self.retry, |f: &Failure| f.transient, || this.create_once(&name)).await;
+        match result {
+            Ok(()) => self.state = CloudState::Pending { name },
+            Err(f) if f.transient => {
+                let error = format!("the API server cannot be reached: {}", f.message);
+                self.stall(CloudState::Creating { name }, error);
             }
+            Err(f) => self.state = CloudState::Failed { reason: f.message, exit_code: None },
         }
     }
 

@@ -8,7 +8,7 @@ mod node;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_cloud::{Cloud, CloudProcess, CloudSpec, CloudState, PROCESS_ANNOTATION, Retry, object_name};
+use drover_cloud::{Cloud, CloudProcess, CloudSpec, CloudState, PROCESS_ANNOTATION, RetryPolicy, object_name};
 use drover_core::{DriveMode, Process as _, spawn_owned};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -299,7 +299,7 @@ async fn an_unreachable_api_server_stalls_a_create_and_a_kill_ends_at_once() {
         .run_until(async {
             let dir = tempfile::tempdir().unwrap();
             let cloud: Arc<Cloud> = unreachable_cloud();
-            let retry = Retry { attempts: 3, first_delay: Duration::from_millis(50) };
+            let retry = RetryPolicy { attempts: 3, first_delay: Duration::from_millis(50) };
             let id = format!("{}.far", unique("unreachable"));
             let h = spawn_owned(
                 &local,

@@ -66,6 +66,7 @@ mod handler;
 mod interrupt;
 mod pool;
 mod process;
+mod retry;
 mod shared;
 
 pub use driver::{Recorder, spawn, spawn_owned, spawn_recorded, spawn_recorded_paused};
@@ -74,3 +75,4 @@ pub use handler::ProcessHandler;
 pub use interrupt::{Interruptible, interruptible};
 pub use pool::Pool;
 pub use process::{DriveMode, Process, State};
+pub use retry::{RetryPolicy, retrying};

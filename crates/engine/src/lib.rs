@@ -416,7 +416,7 @@ impl Engine {
     }
 
     /// Records a killed cloud job's delete as confirmed once the background
-    /// delete went through.
+    /// delete went through (after a kill now, or one taken up at recovery).
     #[cfg(feature = "cloud")]
     fn record_when_deleted(&self, id: &str, name: String) {
         let Ok(cloud) = self.cloud.clone() else { return };
@@ -621,14 +621,7 @@ impl Engine {
             };
             let namespace = spec.namespace.clone().unwrap_or_else(|| cloud.default_namespace().to_owned());
             cloud.delete_in_background(&namespace, &name, spec.batch_job);
-            let (store, id) = (self.store.clone(), stored.id.clone());
-            tokio::task::spawn_local(async move {
-                while cloud.delete_pending(&namespace, &name) {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-                let done = encode(&CloudState::Killed { name: Some(name), delete_pending: false });
-                let _ = store.record(&id, done, false, true).await;
-            });
+            self.record_when_deleted(&stored.id, name);
             resumed.push(stored.id);
         }
         Ok(resumed)

@@ -1,31 +1,16 @@
 //! Retrying transport and scheduler failures with exponential backoff.
 
 use std::future::Future;
-use std::time::Duration;
-
-use drover_core::interruptible;
 
 use crate::poller::PollError;
 use crate::scheduler::CommandFailed;
 use crate::transport::TransportError;
 
 /// How failures that may pass (an unreachable computer, a scheduler that did
-/// not answer) are retried: `attempts` tries, waiting `first_delay`, then twice
-/// as long each time. After the last one the process pauses itself with the
-/// error recorded; resuming it tries again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Tries in all, the first one included.
-    pub attempts: u32,
-    /// The wait after the first failure.
-    pub first_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { attempts: 5, first_delay: Duration::from_secs(4) }
-    }
-}
+/// not answer) are retried; after the last try the process pauses itself with
+/// the error recorded, and resuming it tries again. The runtime's own policy,
+/// shared by every process kind.
+pub use drover_core::RetryPolicy;
 
 /// A failed step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,23 +37,10 @@ impl From<PollError> for Failure {
     }
 }
 
-/// Runs `op` until it succeeds, fails for good, or has failed `attempts`
-/// times. The waits between tries are interruptible: a pause may end them.
-pub(crate) async fn retrying<T, Fut>(policy: RetryPolicy, mut op: impl FnMut() -> Fut) -> Result<T, Failure>
+/// Runs `op` as [`drover_core::retrying`] does, retrying transient failures.
+pub(crate) async fn retrying<T, Fut>(policy: RetryPolicy, op: impl FnMut() -> Fut) -> Result<T, Failure>
 where
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let mut delay = policy.first_delay;
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(f) if f.transient && attempt < policy.attempts => {
-                tracing::debug!(attempt, ?delay, error = %f.message, "retrying");
-                interruptible(tokio::time::sleep(delay)).await;
-                delay = delay.saturating_mul(2);
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    drover_core::retrying(policy, |f: &Failure| f.transient, op).await
 }
