@@ -146,10 +146,8 @@ async fn a_batch_job_is_followed_through_its_pod_and_killed_with_it() {
             done.batch_job = true;
             let mut killed = spec(&format!("{base}.killed"), dir.path());
             killed.batch_job = true;
-            let a = spawn_owned(&local, CloudProcess::new(done.clone(), cloud.clone()), DriveMode::FireAndForget);
-            let b = spawn_owned(&local, CloudProcess::new(killed.clone(), cloud.clone()), DriveMode::FireAndForget);
-            a.try_nudge().unwrap();
-            b.try_nudge().unwrap();
+            let a = node::launch(&local, CloudProcess::new(done.clone(), cloud.clone()));
+            let b = node::launch(&local, CloudProcess::new(killed.clone(), cloud.clone()));
             // The Job controller (real) makes the pods; play the node for them.
             let a_pod = node::job_pod(&client, "default", &done.object_name()).await;
             wait_bound(&client, "default", &a_pod).await;
@@ -161,10 +159,7 @@ async fn a_batch_job_is_followed_through_its_pod_and_killed_with_it() {
             let b_pod = node::job_pod(&client, "default", &killed.object_name()).await;
             wait_bound(&client, "default", &b_pod).await;
             run(&client, "default", &b_pod).await.unwrap();
-            let mut rx = b.subscribe();
-            while !matches!(*rx.borrow_and_update(), CloudState::Running { .. }) {
-                rx.changed().await.unwrap();
-            }
+            node::until(&b, |s| matches!(s, CloudState::Running { .. })).await;
             b.kill().await.unwrap();
             assert_eq!(b.state(), CloudState::Killed { name: Some(killed.object_name()), delete_pending: false });
             // The Job is gone (its pods go with it, in the background).
@@ -189,9 +184,7 @@ async fn an_interrupted_create_finds_its_pod_and_a_foreign_one_is_refused() {
             let cloud = cloud(Duration::from_secs(600)).await;
             let client = kube_client().await;
             let id = format!("{}.again", unique("restart"));
-            let first =
-                spawn_owned(&local, CloudProcess::new(spec(&id, dir.path()), cloud.clone()), DriveMode::FireAndForget);
-            first.try_nudge().unwrap();
+            let first = node::launch(&local, CloudProcess::new(spec(&id, dir.path()), cloud.clone()));
             let name = object_name(&id);
             wait_bound(&client, "default", &name).await;
             // The engine "crashed" after the create, before recording Pending:
@@ -202,12 +195,8 @@ async fn an_interrupted_create_finds_its_pod_and_a_foreign_one_is_refused() {
                 cloud.clone(),
                 CloudState::Creating { name: name.clone() },
             );
-            let h = spawn_owned(&local, again, DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
-            let mut rx = h.subscribe();
-            while !matches!(*rx.borrow_and_update(), CloudState::Pending { .. }) {
-                rx.changed().await.unwrap();
-            }
+            let h = node::launch(&local, again);
+            node::until(&h, |s| matches!(s, CloudState::Pending { .. })).await;
             let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
             let ours =
                 pods.list(&kube::api::ListParams::default().labels(&format!("drover.io/object={name}"))).await.unwrap();
@@ -225,12 +214,7 @@ async fn an_interrupted_create_finds_its_pod_and_a_foreign_one_is_refused() {
             .unwrap();
             pod.metadata.namespace = Some("default".into());
             pods.create(&PostParams::default(), &pod).await.unwrap();
-            let h = spawn_owned(
-                &local,
-                CloudProcess::new(spec(&foreign_id, dir.path()), cloud.clone()),
-                DriveMode::FireAndForget,
-            );
-            h.try_nudge().unwrap();
+            let h = node::launch(&local, CloudProcess::new(spec(&foreign_id, dir.path()), cloud.clone()));
             let end = h.join().await.unwrap();
             let CloudState::Failed { reason, .. } = end.state() else { panic!("{:?}", end.state()) };
             assert!(reason.contains("is not this process's"), "{reason}");
@@ -256,8 +240,7 @@ async fn bad_input_ends_failed_with_the_api_message_and_leaves_nothing() {
             quantity.requests.cpu = Some("-3".into());
             let mut results = Vec::new();
             for s in [nowhere, image, quantity] {
-                let h = spawn_owned(&local, CloudProcess::new(s, cloud.clone()), DriveMode::FireAndForget);
-                h.try_nudge().unwrap();
+                let h = node::launch(&local, CloudProcess::new(s, cloud.clone()));
                 results.push(h.join().await.unwrap().state().clone());
             }
             let reasons: Vec<String> = results
@@ -273,12 +256,7 @@ async fn bad_input_ends_failed_with_the_api_message_and_leaves_nothing() {
 
             // A refused token.
             let refused = node::cloud_with_token("not-the-token").await;
-            let h = spawn_owned(
-                &local,
-                CloudProcess::new(spec(&format!("{base}.token"), dir.path()), refused),
-                DriveMode::FireAndForget,
-            );
-            h.try_nudge().unwrap();
+            let h = node::launch(&local, CloudProcess::new(spec(&format!("{base}.token"), dir.path()), refused));
             let end = h.join().await.unwrap();
             let CloudState::Failed { reason, .. } = end.state() else { panic!("{:?}", end.state()) };
             assert!(reason.contains("Unauthorized"), "{reason}");
@@ -301,16 +279,8 @@ async fn an_unreachable_api_server_stalls_a_create_and_a_kill_ends_at_once() {
             let cloud: Arc<Cloud> = unreachable_cloud();
             let retry = RetryPolicy { attempts: 3, first_delay: Duration::from_millis(50) };
             let id = format!("{}.far", unique("unreachable"));
-            let h = spawn_owned(
-                &local,
-                CloudProcess::new(spec(&id, dir.path()), cloud.clone()).with_retry(retry),
-                DriveMode::FireAndForget,
-            );
-            h.try_nudge().unwrap();
-            let mut rx = h.subscribe();
-            while !matches!(*rx.borrow_and_update(), CloudState::Stalled { .. }) {
-                rx.changed().await.unwrap();
-            }
+            let h = node::launch(&local, CloudProcess::new(spec(&id, dir.path()), cloud.clone()).with_retry(retry));
+            node::until(&h, |s| matches!(s, CloudState::Stalled { .. })).await;
             let CloudState::Stalled { resume, error } = h.state() else { unreachable!() };
             assert_eq!(*resume, CloudState::Creating { name: object_name(&id) });
             assert!(error.starts_with("the API server cannot be reached"), "{error}");
@@ -325,8 +295,7 @@ async fn an_unreachable_api_server_stalls_a_create_and_a_kill_ends_at_once() {
                 CloudState::Pending { name: object_name(&id) },
             )
             .with_kill_timeout(Duration::from_millis(300));
-            let h = spawn_owned(&local, p, DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
+            let h = node::launch(&local, p);
             h.kill().await.unwrap();
             assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
             assert_eq!(h.state(), CloudState::Killed { name: Some(object_name(&id)), delete_pending: true });
@@ -347,8 +316,7 @@ async fn an_image_that_cannot_be_pulled_fails_and_a_pod_deleted_while_paused_is_
             // The node cannot pull the image: the job fails, its pod is deleted.
             let mut nopull = spec(&format!("{base}.nopull"), dir.path());
             nopull.image = "busybox:no-such-tag".into();
-            let h = spawn_owned(&local, CloudProcess::new(nopull.clone(), cloud.clone()), DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
+            let h = node::launch(&local, CloudProcess::new(nopull.clone(), cloud.clone()));
             let name = nopull.object_name();
             wait_bound(&client, "default", &name).await;
             node::cannot_pull(&client, "default", &name).await.unwrap();
@@ -364,13 +332,9 @@ async fn an_image_that_cannot_be_pulled_fails_and_a_pod_deleted_while_paused_is_
             // the API once about an object its watch has not seen).
             let paused = spec(&format!("{base}.paused"), dir.path());
             let name = paused.object_name();
-            let h = spawn_owned(&local, CloudProcess::new(paused, cloud.clone()), DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
+            let h = node::launch(&local, CloudProcess::new(paused, cloud.clone()));
             wait_bound(&client, "default", &name).await;
-            let mut rx = h.subscribe();
-            while !matches!(*rx.borrow_and_update(), CloudState::Pending { .. }) {
-                rx.changed().await.unwrap();
-            }
+            node::until(&h, |s| matches!(s, CloudState::Pending { .. })).await;
             h.pause().await.unwrap();
             node::delete_now(&client, "default", &name).await;
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use drover_cloud::{CloudProcess, CloudSpec, CloudState, object_name};
-use drover_core::{DriveMode, Process as _, spawn_owned};
+use drover_core::Process as _;
 use tokio::task::LocalSet;
 
 fn restart_api_server() {
@@ -33,6 +33,23 @@ async fn a_lost_watch_is_re_established_from_its_last_resource_version() {
     a_watch_lost_with_the_api_server_is_re_established().await;
 }
 
+/// Launches a pod job on `cloud` and waits until the scheduler has bound its
+/// pod; returns the handle and the pod's name.
+async fn bound_job(
+    local: &LocalSet,
+    cloud: &std::sync::Arc<drover_cloud::Cloud>,
+    dir: &std::path::Path,
+    tag: &str,
+) -> (node::Handle, String) {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let id = format!("{tag}-{stamp}.job");
+    let spec = CloudSpec { id: id.clone(), image: "busybox".into(), local_dir: dir.join("s"), ..CloudSpec::default() };
+    let h = node::launch(local, CloudProcess::new(spec, cloud.clone()));
+    let name = object_name(&id);
+    node::wait_bound(&node::kube_client().await, "default", &name).await;
+    (h, name)
+}
+
 async fn a_watch_the_server_ends_resumes_without_listing() {
     let local = LocalSet::new();
     local
@@ -42,18 +59,7 @@ async fn a_watch_the_server_ends_resumes_without_listing() {
             // The server ends every watch request after a second.
             cloud.set_watch_timeout(1);
             let client = node::kube_client().await;
-            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-            let id = format!("rewatch-{stamp}.steady");
-            let spec = CloudSpec {
-                id: id.clone(),
-                image: "busybox".into(),
-                local_dir: dir.path().join("s"),
-                ..CloudSpec::default()
-            };
-            let h = spawn_owned(&local, CloudProcess::new(spec, cloud.clone()), DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
-            let name = object_name(&id);
-            node::wait_bound(&client, "default", &name).await;
+            let (h, name) = bound_job(&local, &cloud, dir.path(), "rewatch").await;
             // Changes come only after several watch requests have ended.
             tokio::time::sleep(Duration::from_millis(2500)).await;
             node::run(&client, "default", &name).await.unwrap();
@@ -76,23 +82,8 @@ async fn a_watch_lost_with_the_api_server_is_re_established() {
         .run_until(async {
             let dir = tempfile::tempdir().unwrap();
             let cloud = node::cloud(Duration::from_secs(600)).await;
-            let client = node::kube_client().await;
-            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-            let id = format!("watch-{stamp}.survivor");
-            let spec = CloudSpec {
-                id: id.clone(),
-                image: "busybox".into(),
-                local_dir: dir.path().join("s"),
-                ..CloudSpec::default()
-            };
-            let h = spawn_owned(&local, CloudProcess::new(spec, cloud.clone()), DriveMode::FireAndForget);
-            h.try_nudge().unwrap();
-            let name = object_name(&id);
-            node::wait_bound(&client, "default", &name).await;
-            let mut rx = h.subscribe();
-            while !matches!(*rx.borrow_and_update(), CloudState::Pending { .. }) {
-                rx.changed().await.unwrap();
-            }
+            let (h, name) = bound_job(&local, &cloud, dir.path(), "watch").await;
+            node::until(&h, |s| matches!(s, CloudState::Pending { .. })).await;
             let lists = cloud.stats().lists.load(Ordering::Relaxed);
             let watches = cloud.stats().watches.load(Ordering::Relaxed);
 

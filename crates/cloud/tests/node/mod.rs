@@ -187,3 +187,21 @@ pub(crate) async fn cannot_pull(client: &Client, ns: &str, name: &str) -> Result
     )
     .await
 }
+
+/// A cloud process's handler.
+pub(crate) type Handle = drover_core::ProcessHandler<drover_cloud::CloudState, drover_cloud::CloudProcess>;
+
+/// Spawns `proc` on `local` and launches it.
+pub(crate) fn launch(local: &tokio::task::LocalSet, proc: drover_cloud::CloudProcess) -> Handle {
+    let h = drover_core::spawn_owned(local, proc, drover_core::DriveMode::FireAndForget);
+    h.try_nudge().unwrap();
+    h
+}
+
+/// Waits until the process's state satisfies `done`.
+pub(crate) async fn until(h: &Handle, done: impl Fn(&drover_cloud::CloudState) -> bool) {
+    let mut rx = h.subscribe();
+    while !done(&rx.borrow_and_update()) {
+        rx.changed().await.unwrap();
+    }
+}
