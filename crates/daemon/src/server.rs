@@ -651,34 +651,6 @@ async fn logs(
         Stream::Stderr => "stderr",
     };
     let (path, remote) = match job {
-        Job::Cloud { spec } => {
-            if q.stream == Stream::Stderr {
-                return Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    format!("Kubernetes keeps one log per container: `{id}`'s is its stdout"),
-                ));
-            }
-            let path = spec.local_dir.join("stdout.txt");
-            if let Ok(data) = read_from(&path, q.offset).await {
-                let (data, offset) = utf8_prefix(data, q.offset);
-                return Ok(axum::Json(LogChunk { data, offset, terminal, source: path.display().to_string() }));
-            }
-            if terminal {
-                let why = std::fs::read_to_string(spec.local_dir.join("logs-unavailable.txt")).unwrap_or_default();
-                if !why.trim().is_empty() {
-                    return Err(ApiError(StatusCode::NOT_FOUND, format!("the API gave no logs: {}", why.trim())));
-                }
-            }
-            let name = spec.object_name();
-            let (namespace, batch) = (spec.namespace.clone(), spec.batch_job);
-            let all = app
-                .call(|reply| Call::CloudLog { namespace, name: name.clone(), job: batch, reply })
-                .await?
-                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
-            let rest = all.as_bytes().get(usize::try_from(q.offset).unwrap_or(usize::MAX)..).unwrap_or_default();
-            let (data, offset) = utf8_prefix(rest.to_vec(), q.offset);
-            return Ok(axum::Json(LogChunk { data, offset, terminal, source: format!("pod {name}") }));
-        }
         Job::Shell { spec } => {
             let output = if q.stream == Stream::Stdout { spec.stdout } else { spec.stderr };
             match output {
@@ -690,7 +662,22 @@ async fn logs(
         }
         Job::Scheduler { computer, spec } => {
             let file = if q.stream == Stream::Stdout { STDOUT_FILE } else { STDERR_FILE };
-            (spec.local_dir.join(file), Some((computer, spec.id, file)))
+            (spec.local_dir.join(file), Some(Remote::Scheduler { computer, job: spec.id, file }))
+        }
+        Job::Cloud { spec } => {
+            if q.stream == Stream::Stderr {
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("Kubernetes keeps one log per container: `{id}`'s is its stdout"),
+                ));
+            }
+            let remote = Remote::Cloud {
+                namespace: spec.namespace.clone(),
+                name: spec.object_name(),
+                batch: spec.batch_job,
+                why_not: spec.local_dir.join("logs-unavailable.txt"),
+            };
+            (spec.local_dir.join("stdout.txt"), Some(remote))
         }
     };
     // Retrieved (or written locally): read the local file.
@@ -704,25 +691,40 @@ async fn logs(
         }
         Err(_) => {}
     }
-    match remote {
+    let gateway = |e| ApiError(StatusCode::BAD_GATEWAY, e);
+    let (bytes, source) = match remote {
         // A scheduler job that runs: its output is still on the computer.
-        Some((computer, job, file)) if !terminal => {
+        Some(Remote::Scheduler { computer, job, file }) if !terminal => {
             let source = format!("{computer}:{file}");
-            let bytes = app
-                .call(|reply| Call::RemoteLog { computer, job, file, offset: q.offset, reply })
-                .await?
-                .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
-            let (data, offset) = utf8_prefix(bytes, q.offset);
-            Ok(axum::Json(LogChunk { data, offset, terminal, source }))
+            let reply = app.call(|reply| Call::RemoteLog { computer, job, file, offset: q.offset, reply }).await?;
+            (reply.map_err(gateway)?, source)
+        }
+        Some(Remote::Cloud { why_not, .. }) if terminal && why_not.exists() => {
+            let why = std::fs::read_to_string(&why_not).unwrap_or_default();
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("the API gave no logs: {}", why.trim())));
+        }
+        // A cloud job that runs, or whose logs are not fetched yet: ask the API.
+        Some(Remote::Cloud { namespace, name, batch, .. }) => {
+            let source = format!("pod {name}");
+            let all =
+                app.call(|reply| Call::CloudLog { namespace, name, job: batch, reply }).await?.map_err(gateway)?;
+            let start = usize::try_from(q.offset).unwrap_or(usize::MAX).min(all.len());
+            let end = start.saturating_add(usize::try_from(MAX_LOG_CHUNK).unwrap_or(usize::MAX)).min(all.len());
+            (all.as_bytes()[start..end].to_vec(), source)
         }
         // Not written yet (queued), or never written.
-        _ => Ok(axum::Json(LogChunk {
-            data: String::new(),
-            offset: q.offset,
-            terminal,
-            source: path.display().to_string(),
-        })),
-    }
+        _ => (Vec::new(), path.display().to_string()),
+    };
+    let (data, offset) = utf8_prefix(bytes, q.offset);
+    Ok(axum::Json(LogChunk { data, offset, terminal, source }))
+}
+
+/// Where a job's output is when it is not (yet) in its local file.
+enum Remote {
+    /// In the job's work directory on its computer.
+    Scheduler { computer: String, job: String, file: &'static str },
+    /// In the API's log of its pod; `why_not` says why it could not be fetched.
+    Cloud { namespace: Option<String>, name: String, batch: bool, why_not: PathBuf },
 }
 
 async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
