@@ -45,25 +45,18 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 /// `drover daemon run`: in the foreground.
 pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).init();
-    let computers = match config::computers(config_dir) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("drover: {e}");
-            return ExitCode::from(EXIT_BAD_INPUT);
-        }
-    };
-    let cloud = match config::cloud(config_dir) {
-        Ok(c) => c,
+    let (config_path, settings) = match config::read(config_dir) {
+        Ok(read) => read,
         Err(e) => {
             eprintln!("drover: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     let config = DaemonConfig {
-        cloud,
+        config: settings,
+        config_path,
         data_dir: data.to_path_buf(),
         store: options.store.or_else(|| std::env::var(STORE_ENV).ok()),
-        computers,
         jobs: options.jobs,
         http: options.http,
         allow_non_loopback: options.allow_non_loopback,

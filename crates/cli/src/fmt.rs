@@ -50,14 +50,6 @@ fn utc_parts(at: i64) -> (String, String) {
     (format!("{year:04}-{month:02}-{day:02}"), format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
-/// Words as a person would type them into a shell: quoted only where needed.
-pub(crate) fn command_line<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
-    let plain = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b));
-    let words: Vec<String> =
-        words.into_iter().map(|w| if plain(w) { w.to_owned() } else { drover_scheduler::quote(w) }).collect();
-    words.join(" ")
-}
-
 /// A table with a header, columns padded to their widest cell (the last one
 /// is not padded).
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -99,8 +91,6 @@ mod tests {
         assert_eq!(utc_parts(951_782_400_000).0, "2000-02-29");
         assert_eq!(duration_ms(59_999), "59 s");
         assert_eq!(duration_ms(7_200_000), "2 h");
-        assert_eq!(command_line(["sleep", "600"]), "sleep 600");
-        assert_eq!(command_line(["sh", "-c", "echo it's"]), "sh -c 'echo it'\\''s'");
         let t = table(&["ID", "STATE"], &[vec!["a".into(), "running".into()], vec!["long-id".into(), "x".into()]]);
         assert_eq!(t, "ID       STATE\na        running\nlong-id  x\n");
     }

@@ -38,109 +38,19 @@
 //! backoff_limit = 2
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use drover_engine::Job;
-use drover_scheduler::{JobSpec, Resources};
-use drover_shell::{Output, ShellSpec};
-use serde::Deserialize;
+use drover_kind::Entry;
+use serde_json::{Map, Value};
 
 /// A job file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    job: Vec<JobEntry>,
-}
-
-/// One `[[job]]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobEntry {
-    id: Option<String>,
-    command: Option<String>,
-    #[serde(default)]
-    args: Vec<String>,
-    script: Option<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    cwd: Option<PathBuf>,
-    timeout_secs: Option<f64>,
-    // Scheduler jobs.
-    computer: Option<String>,
-    nodes: Option<u32>,
-    tasks: Option<u32>,
-    cpus_per_task: Option<u32>,
-    memory_mb: Option<u64>,
-    wall_time_secs: Option<u64>,
-    partition: Option<String>,
-    account: Option<String>,
-    qos: Option<String>,
-    #[serde(default)]
-    directives: Vec<String>,
-    prepend: Option<String>,
-    append: Option<String>,
-    #[serde(default)]
-    retrieve: Vec<String>,
-    // Cloud jobs.
-    image: Option<String>,
-    cpu: Option<String>,
-    memory: Option<String>,
-    cpu_limit: Option<String>,
-    memory_limit: Option<String>,
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    service_account: Option<String>,
-    batch_job: Option<bool>,
-    backoff_limit: Option<i32>,
-}
-
-impl JobEntry {
-    /// The first key set that only shell jobs take.
-    fn shell_key(&self) -> Option<&'static str> {
-        first_set(&[("cwd", self.cwd.is_some()), ("timeout_secs", self.timeout_secs.is_some())])
-    }
-
-    /// The first key set that only scheduler jobs take.
-    fn scheduler_key(&self) -> Option<&'static str> {
-        first_set(&[
-            ("nodes", self.nodes.is_some()),
-            ("tasks", self.tasks.is_some()),
-            ("cpus_per_task", self.cpus_per_task.is_some()),
-            ("memory_mb", self.memory_mb.is_some()),
-            ("wall_time_secs", self.wall_time_secs.is_some()),
-            ("partition", self.partition.is_some()),
-            ("account", self.account.is_some()),
-            ("qos", self.qos.is_some()),
-            ("directives", !self.directives.is_empty()),
-            ("prepend", self.prepend.is_some()),
-            ("append", self.append.is_some()),
-            ("retrieve", !self.retrieve.is_empty()),
-        ])
-    }
-
-    /// The first key set that only cloud jobs take.
-    fn cloud_key(&self) -> Option<&'static str> {
-        first_set(&[
-            ("image", self.image.is_some()),
-            ("cpu", self.cpu.is_some()),
-            ("memory", self.memory.is_some()),
-            ("cpu_limit", self.cpu_limit.is_some()),
-            ("memory_limit", self.memory_limit.is_some()),
-            ("namespace", self.namespace.is_some()),
-            ("labels", !self.labels.is_empty()),
-            ("service_account", self.service_account.is_some()),
-            ("batch_job", self.batch_job.is_some()),
-            ("backoff_limit", self.backoff_limit.is_some()),
-        ])
-    }
-}
-
-fn first_set(keys: &[(&'static str, bool)]) -> Option<&'static str> {
-    keys.iter().find(|(_, set)| *set).map(|(key, _)| *key)
+    job: Vec<toml::Table>,
 }
 
 /// A job ready to run.
@@ -148,19 +58,17 @@ fn first_set(keys: &[(&'static str, bool)]) -> Option<&'static str> {
 pub(crate) struct Planned {
     pub(crate) id: String,
     pub(crate) job: Job,
+    /// Where it came from, for messages: `FILE: job `ID``.
+    pub(crate) origin: String,
 }
 
 /// Reads and checks every file; any error in any file means nothing runs.
+/// Each entry is read by its kind (the one whose marker key it has).
 ///
 /// # Errors
 ///
 /// A message naming the file, and the line and column where TOML says so.
-pub(crate) fn load(
-    paths: &[PathBuf],
-    out_dir: &Path,
-    run_id: &str,
-    computers: &[String],
-) -> Result<Vec<Planned>, String> {
+pub(crate) fn load(paths: &[PathBuf], out_dir: &Path, run_id: &str) -> Result<Vec<Planned>, String> {
     let mut planned = Vec::new();
     let mut seen = HashSet::new();
     for path in paths {
@@ -171,7 +79,13 @@ pub(crate) fn load(
         }
         let stem = path.file_stem().map_or_else(|| "jobs".into(), |s| s.to_string_lossy().into_owned());
         for (n, entry) in file.job.into_iter().enumerate() {
-            let local = entry.id.clone().unwrap_or_else(|| format!("job-{}", n + 1));
+            let local = match entry.get("id") {
+                None => format!("job-{}", n + 1),
+                Some(toml::Value::String(id)) => id.clone(),
+                Some(other) => {
+                    return Err(format!("{}: job {}: `id` must be a string, not {other}", path.display(), n + 1));
+                }
+            };
             if local.is_empty() || !local.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 return Err(format!(
                     "{}: job {}: id `{local}` may hold only letters, digits, `-`, `_` and `.`",
@@ -179,131 +93,21 @@ pub(crate) fn load(
                     n + 1
                 ));
             }
-            let id = format!("{stem}.{local}");
-            if !seen.insert(id.clone()) {
+            let name = format!("{stem}.{local}");
+            if !seen.insert(name.clone()) {
                 return Err(format!("{}: job id `{local}` appears twice", path.display()));
             }
-            let where_ = format!("{}: job `{local}`", path.display());
-            let job = match entry.computer.clone() {
-                None if entry.image.is_some() => {
-                    cloud_job(entry, &where_, out_dir.join(&id), &format!("{run_id}.{id}"))?
-                }
-                None => shell_job(entry, &where_, out_dir, &id)?,
-                Some(computer) => {
-                    if let Some(key) = entry.cloud_key() {
-                        return Err(format!("{where_}: `{key}` is for cloud jobs (give `image`, not `computer`)"));
-                    }
-                    if !computers.contains(&computer) {
-                        let known =
-                            if computers.is_empty() { "none are configured".to_owned() } else { computers.join(", ") };
-                        return Err(format!("{where_}: computer `{computer}` is not defined (known: {known})"));
-                    }
-                    scheduler_job(entry, &where_, out_dir.join(&id), &format!("{run_id}.{id}"), computer)?
-                }
+            let origin = format!("{}: job `{local}`", path.display());
+            let Value::Object(table) = serde_json::to_value(entry).map_err(|e| format!("{origin}: {e}"))? else {
+                unreachable!("a TOML table is a JSON object")
             };
-            planned.push(Planned { id, job });
+            let table: Map<String, Value> = table;
+            let process_id = format!("{run_id}.{name}");
+            let entry =
+                Entry { name: &name, process_id: &process_id, table: &table, out_dir, plan: &drover_engine::plan };
+            let job = drover_engine::plan(&entry).map_err(|e| format!("{origin}: {e}"))?;
+            planned.push(Planned { id: name, job, origin });
         }
     }
     Ok(planned)
-}
-
-fn command_or_script(
-    command: Option<String>,
-    args: Vec<String>,
-    script: Option<String>,
-    where_: &str,
-) -> Result<(String, Vec<String>), String> {
-    match (command, script) {
-        (Some(command), None) => Ok((command, args)),
-        (None, Some(script)) if args.is_empty() => Ok(("/bin/sh".to_owned(), vec!["-c".to_owned(), script])),
-        (None, Some(_)) => Err(format!("{where_}: `args` go with `command`, not with `script`")),
-        (Some(_), Some(_)) => Err(format!("{where_}: give `command` or `script`, not both")),
-        (None, None) => Err(format!("{where_}: give `command` (with `args`) or `script`")),
-    }
-}
-
-fn shell_job(entry: JobEntry, where_: &str, out_dir: &Path, id: &str) -> Result<Job, String> {
-    if let Some(key) = entry.scheduler_key() {
-        return Err(format!("{where_}: `{key}` is for scheduler jobs (give `computer`)"));
-    }
-    if let Some(key) = entry.cloud_key() {
-        return Err(format!("{where_}: `{key}` is for cloud jobs (give `image`)"));
-    }
-    let (program, args) = command_or_script(entry.command, entry.args, entry.script, where_)?;
-    let mut spec = ShellSpec::program(program, args);
-    spec.env.set = entry.env;
-    spec.cwd = entry.cwd;
-    if let Some(secs) = entry.timeout_secs {
-        if !(secs.is_finite() && secs > 0.0) {
-            return Err(format!("{where_}: timeout_secs must be a positive number"));
-        }
-        spec.timeout = Some(Duration::from_secs_f64(secs));
-    }
-    spec.stdout = Output::File(out_dir.join(format!("{id}.out")));
-    spec.stderr = Output::File(out_dir.join(format!("{id}.err")));
-    Ok(Job::Shell { spec })
-}
-
-fn scheduler_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str, computer: String) -> Result<Job, String> {
-    if entry.cwd.is_some() || entry.timeout_secs.is_some() {
-        return Err(format!(
-            "{where_}: `cwd` and `timeout_secs` are for shell jobs (a scheduler job has `wall_time_secs`)"
-        ));
-    }
-    let (command, args) = command_or_script(entry.command, entry.args, entry.script, where_)?;
-    let spec = JobSpec {
-        id: id.to_owned(),
-        command,
-        args,
-        env: entry.env,
-        resources: Resources {
-            nodes: entry.nodes,
-            tasks: entry.tasks,
-            cpus_per_task: entry.cpus_per_task,
-            memory_mb: entry.memory_mb,
-            wall_time: entry.wall_time_secs.map(Duration::from_secs),
-            partition: entry.partition,
-            account: entry.account,
-            qos: entry.qos,
-        },
-        extra_directives: entry.directives,
-        prepend: entry.prepend.unwrap_or_default(),
-        append: entry.append.unwrap_or_default(),
-        uploads: Vec::new(),
-        retrieve: entry.retrieve,
-        local_dir,
-    };
-    spec.validate().map_err(|e| format!("{where_}: {}", e.problem))?;
-    Ok(Job::Scheduler { computer, spec })
-}
-
-fn cloud_job(entry: JobEntry, where_: &str, local_dir: PathBuf, id: &str) -> Result<Job, String> {
-    if let Some(key) = entry.shell_key().or_else(|| entry.scheduler_key()) {
-        return Err(format!("{where_}: `{key}` is not for cloud jobs (an `image` makes this one)"));
-    }
-    // No command: the image's own entrypoint, with `args` if any.
-    let (command, args) = match (entry.command, entry.script) {
-        (None, None) => (Vec::new(), entry.args),
-        (command, script) => {
-            let (program, args) = command_or_script(command, entry.args, script, where_)?;
-            (vec![program], args)
-        }
-    };
-    let spec = drover_cloud::CloudSpec {
-        id: id.to_owned(),
-        image: entry.image.unwrap_or_default(),
-        command,
-        args,
-        env: entry.env,
-        requests: drover_cloud::Quantities { cpu: entry.cpu, memory: entry.memory },
-        limits: drover_cloud::Quantities { cpu: entry.cpu_limit, memory: entry.memory_limit },
-        namespace: entry.namespace,
-        labels: entry.labels,
-        service_account: entry.service_account,
-        batch_job: entry.batch_job.unwrap_or(false),
-        backoff_limit: entry.backoff_limit,
-        local_dir,
-    };
-    spec.validate().map_err(|e| format!("{where_}: {e}"))?;
-    Ok(Job::Cloud { spec })
 }

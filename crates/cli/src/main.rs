@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use drover_daemon::api::Stream;
-use drover_engine::{Action, Engine, Outcome};
-use drover_shell::{Governor, ShellState};
+use drover_engine::{Action, Engine, Identity, Kinds, Outcome};
 use drover_store::Store;
 use tokio::task::LocalSet;
 
@@ -326,17 +325,15 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
     let started = Instant::now();
     let run_id = remote::new_run_id();
     let out_dir = data.join("runs").join(&run_id);
-    let computers = match config::computers(config) {
-        Ok(computers) => computers,
+    let (config_path, settings) = match config::read(config) {
+        Ok(read) => read,
         Err(e) => {
             eprintln!("drover: {e}");
             eprintln!("drover: nothing was run");
             return ExitCode::from(2);
         }
     };
-    let mut names: Vec<String> = computers.keys().cloned().collect();
-    names.sort();
-    let planned = match jobfile::load(files, &out_dir, &run_id, &names) {
+    let planned = match jobfile::load(files, &out_dir, &run_id) {
         Ok(planned) => planned,
         Err(e) => {
             eprintln!("drover: {e}");
@@ -351,24 +348,15 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
             return ExitCode::FAILURE;
         }
     };
-    // Cloud jobs need their cluster: found (or not) before anything runs.
-    let cloud = if planned.iter().any(|p| matches!(p.job, drover_engine::Job::Cloud { .. })) {
-        let settings = match config::cloud(config) {
-            Ok(settings) => settings,
-            Err(e) => {
-                eprintln!("drover: {e}\ndrover: nothing was run");
-                return ExitCode::from(2);
-            }
-        };
-        match rt.block_on(drover_cloud::Cloud::connect(&settings)) {
-            Ok(cloud) => Ok(cloud),
-            Err(e) => {
-                eprintln!("drover: the file has cloud jobs, but {e}\ndrover: nothing was run");
-                return ExitCode::from(2);
-            }
+    // Only the kinds with jobs here set up what they need (a cluster to reach).
+    let wanted: Vec<&str> = planned.iter().map(|p| p.job.kind()).collect();
+    let supervise = out_dir.join(".supervise");
+    let kinds = match rt.block_on(Kinds::from_config(&settings, &config_path, &supervise, jobs, Some(&wanted))) {
+        Ok(kinds) => kinds,
+        Err(e) => {
+            eprintln!("drover: {e}\ndrover: nothing was run");
+            return ExitCode::from(2);
         }
-    } else {
-        Err("the job files had no cloud jobs".to_owned())
     };
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
         eprintln!("drover: cannot create {}: {e}", out_dir.display());
@@ -376,28 +364,48 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
     }
     let local = Rc::new(LocalSet::new());
     let total = planned.len();
-    let result: Result<Vec<(String, Outcome)>, String> = local.block_on(&rt, {
+    let result: Result<Vec<(String, Outcome)>, (u8, String)> = local.block_on(&rt, {
         let local = local.clone();
-        let out_dir = out_dir.clone();
         let run_id = run_id.clone();
         async move {
             let store_path = data.join("drover.db");
-            let store = Store::open(store_path.to_str().unwrap_or("drover.db")).await.map_err(|e| e.to_string())?;
-            let governor = jobs.map_or_else(Governor::default, Governor::new);
-            let engine = Engine::new(store, local, governor, computers, out_dir.join(".supervise")).with_cloud(cloud);
+            let store =
+                Store::open(store_path.to_str().unwrap_or("drover.db")).await.map_err(|e| (1, e.to_string()))?;
+            // A pool of its own: no daemon ever takes these jobs over.
+            let identity = Identity::fresh(format!("run:{run_id}"));
+            let engine = Engine::with_identity(store, local, kinds, identity);
+            // Every job is checked before the first is recorded.
+            let mut jobs = Vec::with_capacity(planned.len());
             for job in planned {
                 let id = format!("{run_id}.{}", job.id);
-                engine.submit(&id, job.job).await.map_err(|e| e.to_string())?;
+                engine.check(&id, &job.job).map_err(|e| (2, format!("{}: {e}\ndrover: nothing was run", job.origin)))?;
+                jobs.push((id, job.job));
             }
+            engine.submit_all(jobs).await.map_err(|e| (1, e.to_string()))?;
             let mut progress = Progress::new(total, std::io::stderr().is_terminal(), &run_id);
-            Ok(engine.wait_each(|id, outcome| progress.ended(id, outcome)).await)
+            tokio::select! {
+                outcomes = engine.wait_each(|id, outcome| progress.ended(id, outcome)) => Ok(outcomes),
+                _ = tokio::signal::ctrl_c() => {
+                    // Ctrl-C: the run's jobs are killed (with their children),
+                    // so that nothing is left for anyone to pick up by surprise.
+                    eprintln!("drover: interrupted: killing the run's jobs");
+                    for p in engine.list().await.unwrap_or_default() {
+                        if !p.terminal && p.owner.as_deref() == Some(engine.identity().id.as_str()) && p.parent.is_none() {
+                            let _ = engine.kill(&p.id).await;
+                        }
+                    }
+                    let _ = engine.release().await;
+                    Err((130, "interrupted; the run's jobs were killed".to_owned()))
+                }
+                () = engine.lease_lost() => Err((1, "this run lost its claim on its jobs (the store was unreachable past the lease)".to_owned())),
+            }
         }
     });
     let outcomes = match result {
         Ok(outcomes) => outcomes,
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("drover: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(code);
         }
     };
     let failed: Vec<&(String, Outcome)> = outcomes.iter().filter(|(_, o)| !o.succeeded()).collect();
@@ -419,22 +427,7 @@ fn short<'a>(id: &'a str, run_id: &str) -> &'a str {
 }
 
 fn describe(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Shell(ShellState::Finished { exit_code, ran_for }) => {
-            format!("exit {exit_code}, {:.2} s", ran_for.as_secs_f64())
-        }
-        Outcome::Shell(ShellState::Failed { reason }) => reason.clone(),
-        Outcome::Shell(other) => format!("{other:?}"),
-        Outcome::Scheduler(drover_scheduler::JobState::Finished { exit_code, job_id }) => {
-            format!("exit {exit_code}, job {job_id}")
-        }
-        Outcome::Scheduler(drover_scheduler::JobState::Failed { reason, .. }) => reason.clone(),
-        Outcome::Scheduler(state) => format!("{state:?}"),
-        Outcome::Cloud(drover_cloud::CloudState::Finished { exit_code, name }) => format!("exit {exit_code}, {name}"),
-        Outcome::Cloud(drover_cloud::CloudState::Failed { reason, .. }) => reason.clone(),
-        Outcome::Cloud(state) => format!("{state:?}"),
-        Outcome::Error(e) => e.to_string(),
-    }
+    outcome.summary()
 }
 
 /// Live progress: one line redrawn in place on a terminal, plain lines otherwise.

@@ -10,8 +10,7 @@ use drover_daemon::api::{
     Control, ControlResults, Filter, Info, LogChunk, NewJob, ProcessDetail, ProcessList, Stream, Submit, Submitted,
 };
 use drover_daemon::{Client, ClientError, Paths, StatusCode};
-use drover_engine::{Action, Job, ProcessInfo};
-use drover_shell::Output;
+use drover_engine::{Action, ProcessInfo};
 
 use crate::daemon::{client, runtime};
 use crate::{EXIT_BAD_INPUT, EXIT_NO_DAEMON, fmt, jobfile};
@@ -113,7 +112,7 @@ pub(crate) fn submit(data: &Path, files: &[PathBuf], json: bool) -> ExitCode {
         let info: Info = client.get("/v1/info").await?;
         let run_id = new_run_id();
         let out_dir = Paths::new(&info.data_dir).runs().join(&run_id);
-        let planned = jobfile::load(files, &out_dir, &run_id, &info.computers)
+        let planned = jobfile::load(files, &out_dir, &run_id)
             .map_err(|e| Failure(EXIT_BAD_INPUT, format!("{e}\ndrover: nothing was submitted")))?;
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Failure(1, format!("cannot create {}: {e}", out_dir.display())))?;
@@ -247,45 +246,24 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
             println!("error:     {e}");
         }
         println!("submitted: {} ({} ago)", fmt::utc(p.created_at), fmt::age(p.created_at));
-        match serde_json::from_value::<Job>(detail.spec.clone()) {
-            Ok(Job::Shell { spec }) => {
-                println!(
-                    "command:   {}",
-                    fmt::command_line(
-                        std::iter::once(spec.program.as_str()).chain(spec.args.iter().map(String::as_str))
-                    )
-                );
-                if let Some(cwd) = &spec.cwd {
-                    println!("cwd:       {}", cwd.display());
-                }
-                for (name, output) in [("stdout", &spec.stdout), ("stderr", &spec.stderr)] {
-                    if let Output::File(path) | Output::Append(path) = output {
-                        println!("{name}:    {}", path.display());
-                    }
-                }
+        if detail.describe.is_empty() {
+            println!("spec:      {}", detail.spec);
+        }
+        for (label, value) in &detail.describe {
+            println!("{:<10} {value}", format!("{label}:"));
+        }
+        if let Some(parent) = &p.parent {
+            println!("parent:    {parent}");
+        }
+        if let Some(owner) = &p.owner {
+            println!("engine:    {owner}");
+        }
+        if !detail.children.is_empty() {
+            println!("children:");
+            for child in &detail.children {
+                let code = child.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+                println!("  {}  {}{code}", child.id, child.status());
             }
-            Ok(Job::Scheduler { spec, .. }) => {
-                println!(
-                    "command:   {}",
-                    fmt::command_line(
-                        std::iter::once(spec.command.as_str()).chain(spec.args.iter().map(String::as_str))
-                    )
-                );
-                println!("outputs:   {}", spec.local_dir.display());
-            }
-            Ok(Job::Cloud { spec }) => {
-                println!("image:     {}", spec.image);
-                let words = spec.command.iter().chain(&spec.args).map(String::as_str);
-                println!("command:   {}", fmt::command_line(words));
-                let ns = spec.namespace.as_deref().unwrap_or("(the cluster's default)");
-                println!(
-                    "object:    {} {} in namespace {ns}",
-                    if spec.batch_job { "Job" } else { "pod" },
-                    spec.object_name()
-                );
-                println!("outputs:   {}", spec.local_dir.display());
-            }
-            Err(_) => println!("spec:      {}", detail.spec),
         }
         println!("history:");
         for t in &detail.history {

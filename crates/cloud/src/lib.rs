@@ -32,6 +32,7 @@
 //!   makes the process pause itself (`Stalled`) after its retries.
 
 mod cloud;
+mod kind;
 mod process;
 mod spec;
 
@@ -39,6 +40,7 @@ pub use cloud::{
     Cloud, CloudError, CloudSettings, DEFAULT_CLEANUP_AFTER, DEFAULT_WATCH_TIMEOUT_SECS, Observed, RequestStats,
 };
 pub use drover_core::RetryPolicy;
+pub use kind::{CloudEnv, CloudJob, CloudKind, settings};
 pub use kube::Config;
 pub use process::{CloudProcess, CloudState};
 pub use spec::{CloudSpec, InvalidSpec, MANAGED_BY, OBJECT_LABEL, PROCESS_ANNOTATION, Quantities, object_name};

@@ -131,15 +131,7 @@ pub struct ControlResults {
 }
 
 /// Which output of a process.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    /// Standard output.
-    #[default]
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
+pub use drover_engine::Stream;
 
 /// `GET /v1/processes/{id}/logs`: a piece of a process's output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 //! answered on a oneshot channel. So no process is ever touched from the
 //! API's thread, and a slow client cannot hold up a process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -22,9 +22,9 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use drover_engine::{Action, ControlError, Engine, EngineError, Job, ProcessDetail, ProcessInfo};
-use drover_scheduler::{Computer, STDERR_FILE, STDOUT_FILE, Transport as _};
-use drover_shell::{Governor, Output};
+use drover_engine::{
+    Action, ControlError, Engine, EngineError, Identity, Job, Kinds, LogError, ProcessDetail, ProcessInfo, hostname,
+};
 use drover_store::Store;
 use serde::Deserialize;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -49,8 +49,13 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// The store's location, if not `drover.db` in the data directory.
     pub store: Option<String>,
-    /// The computers scheduler jobs may name.
-    pub computers: HashMap<String, Arc<Computer>>,
+    /// `computers.toml`, as JSON: each process kind reads its own section
+    /// (the computers of scheduler jobs, the cluster of cloud jobs). If a
+    /// cluster cannot be reached at start, cloud jobs are refused with the
+    /// reason.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Where `config` was read from, for messages.
+    pub config_path: PathBuf,
     /// At most this many shell processes run at once (default: the CPUs).
     pub jobs: Option<usize>,
     /// Also serve the API and the web page on this loopback address, asking
@@ -58,9 +63,6 @@ pub struct DaemonConfig {
     pub http: Option<SocketAddr>,
     /// Allow `http` on an address that is not loopback.
     pub allow_non_loopback: bool,
-    /// The Kubernetes cluster of cloud jobs. If it cannot be reached at
-    /// start, cloud jobs are refused with the reason.
-    pub cloud: drover_cloud::CloudSettings,
 }
 
 /// Why a daemon could not start.
@@ -109,20 +111,12 @@ enum Call {
     Submit(Vec<(String, Job)>, Reply<Result<(), EngineError>>),
     Control(String, Action, Reply<Result<(), ControlError>>),
     Subscribe(Reply<broadcast::Receiver<ProcessInfo>>),
-    /// Reads a job's output on its computer while it runs.
-    RemoteLog {
-        computer: String,
-        job: String,
-        file: &'static str,
+    /// Reads a process's log: its local file, else where it runs.
+    Log {
+        id: String,
+        stream: Stream,
         offset: u64,
-        reply: Reply<Result<Vec<u8>, String>>,
-    },
-    /// Reads a cloud job's log from the API while it runs.
-    CloudLog {
-        namespace: Option<String>,
-        name: String,
-        job: bool,
-        reply: Reply<Result<String, String>>,
+        reply: Reply<Result<drover_engine::LogRead, LogError>>,
     },
 }
 
@@ -208,7 +202,12 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         socket: socket.display().to_string(),
         http: tcp.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.to_string()),
         computers: {
-            let mut names: Vec<String> = config.computers.keys().cloned().collect();
+            let mut names: Vec<String> = config
+                .config
+                .get("computer")
+                .and_then(serde_json::Value::as_object)
+                .map(|c| c.keys().cloned().collect())
+                .unwrap_or_default();
             names.sort();
             names
         },
@@ -247,12 +246,15 @@ async fn engine_main(
     ready: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), DaemonError> {
     let store = Store::open(&store_location).await.map_err(|e| DaemonError::Engine(e.to_string()))?;
-    let governor = config.jobs.map_or_else(Governor::default, Governor::new);
-    let cloud = drover_cloud::Cloud::connect(&config.cloud).await.map_err(|e| e.to_string());
-    if let Err(e) = &cloud {
-        tracing::warn!(error = %e, "cloud jobs are refused");
-    }
-    let engine = Rc::new(Engine::new(store, local, governor, config.computers, paths.supervise()).with_cloud(cloud));
+    let kinds = Kinds::from_config(&config.config, &config.config_path, &paths.supervise(), config.jobs, None)
+        .await
+        .map_err(DaemonError::Engine)?;
+    // One daemon serves a data directory (the pid file's lock says so): it
+    // is the same engine across restarts, and takes its processes back at once.
+    let data_dir = std::fs::canonicalize(&paths.data_dir).unwrap_or_else(|_| paths.data_dir.clone());
+    let identity =
+        Identity { id: format!("daemon:{}:{}", hostname(), data_dir.display()), ..Identity::fresh("daemon") };
+    let engine = Rc::new(Engine::with_identity(store, local, kinds, identity));
     engine.forget_ended();
     let recovery = engine.recover().await.map_err(|e| DaemonError::Engine(e.to_string()))?;
     tracing::info!(
@@ -311,71 +313,10 @@ async fn answer(engine: Rc<Engine>, call: Call) {
         Call::Subscribe(reply) => {
             let _ = reply.send(engine.changes());
         }
-        Call::CloudLog { namespace, name, job, reply } => {
-            let result = match engine.cloud() {
-                None => Err("this daemon has no Kubernetes cluster".to_owned()),
-                Some(cloud) => {
-                    let ns = namespace.unwrap_or_else(|| cloud.default_namespace().to_owned());
-                    cloud.logs(&ns, &name, job).await.map_err(|e| format!("the logs of {ns}/{name}: {e}"))
-                }
-            };
-            let _ = reply.send(result);
-        }
-        Call::RemoteLog { computer, job, file, offset, reply } => {
-            let result = match engine.computer_named(&computer) {
-                None => Err(format!("computer `{computer}` is not configured in this daemon")),
-                Some(c) => {
-                    let path = format!("{}/{file}", c.work_dir(&job));
-                    // In base64: the bytes as they are, whatever the output holds,
-                    // so that offsets stay exact.
-                    let command = format!(
-                        "if [ -e {p} ]; then tail -c +{} {p} | head -c {MAX_LOG_CHUNK} | base64; fi",
-                        offset + 1,
-                        p = drover_scheduler::quote(&path)
-                    );
-                    match c.transport.run(&command).await {
-                        Ok(out) if out.status == 0 => {
-                            from_base64(&out.stdout).ok_or_else(|| format!("reading {path} on {computer}: not base64"))
-                        }
-                        Ok(out) => Err(format!("reading {path} on {computer}: {}", out.stderr.trim())),
-                        Err(e) => Err(format!("reading {path} on {computer}: {e}")),
-                    }
-                }
-            };
-            let _ = reply.send(result);
+        Call::Log { id, stream, offset, reply } => {
+            let _ = reply.send(engine.log(&id, stream, offset, MAX_LOG_CHUNK).await);
         }
     }
-}
-
-/// Decodes base64 as `base64` prints it (lines of 76, `=` padding).
-fn from_base64(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let symbols: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !symbols.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(symbols.len() / 4 * 3);
-    for quad in symbols.chunks(4) {
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 {
-            return None;
-        }
-        let mut n: u32 = 0;
-        for &c in &quad[..4 - pad] {
-            n = (n << 6) | u32::from(value(c)?);
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
 }
 
 /// A store location fit to show: a URL's password replaced by `***`.
@@ -572,7 +513,7 @@ async fn submit(
         Err(e @ EngineError::InvalidId { .. }) => {
             Err(ApiError(StatusCode::BAD_REQUEST, format!("{e}; nothing was submitted")))
         }
-        Err(e @ (EngineError::Duplicate(_) | EngineError::UnknownComputer { .. } | EngineError::NoCloud { .. })) => {
+        Err(e @ (EngineError::Duplicate(_) | EngineError::Refused { .. })) => {
             Err(ApiError(StatusCode::CONFLICT, format!("{e}; nothing was submitted")))
         }
         Err(e) => Err(internal(e.to_string())),
@@ -644,96 +585,17 @@ async fn logs(
         .map_err(internal)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no process `{id}`")))?;
     let terminal = detail.info.terminal;
-    let job: Job =
-        serde_json::from_value(detail.spec).map_err(|e| internal(format!("the spec of `{id}` cannot be read: {e}")))?;
-    let name = match q.stream {
-        Stream::Stdout => "stdout",
-        Stream::Stderr => "stderr",
-    };
-    let (path, remote) = match job {
-        Job::Shell { spec } => {
-            let output = if q.stream == Stream::Stdout { spec.stdout } else { spec.stderr };
-            match output {
-                Output::File(p) | Output::Append(p) => (p, None),
-                Output::Null => {
-                    return Err(ApiError(StatusCode::NOT_FOUND, format!("the {name} of `{id}` is not kept")));
-                }
-            }
-        }
-        Job::Scheduler { computer, spec } => {
-            let file = if q.stream == Stream::Stdout { STDOUT_FILE } else { STDERR_FILE };
-            (spec.local_dir.join(file), Some(Remote::Scheduler { computer, job: spec.id, file }))
-        }
-        Job::Cloud { spec } => {
-            if q.stream == Stream::Stderr {
-                return Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    format!("Kubernetes keeps one log per container: `{id}`'s is its stdout"),
-                ));
-            }
-            let remote = Remote::Cloud {
-                namespace: spec.namespace.clone(),
-                name: spec.object_name(),
-                batch: spec.batch_job,
-                why_not: spec.local_dir.join("logs-unavailable.txt"),
-            };
-            (spec.local_dir.join("stdout.txt"), Some(remote))
-        }
-    };
-    // Retrieved (or written locally): read the local file.
-    match read_from(&path, q.offset).await {
-        Ok(data) => {
-            let (data, offset) = utf8_prefix(data, q.offset);
-            return Ok(axum::Json(LogChunk { data, offset, terminal, source: path.display().to_string() }));
-        }
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(internal(format!("{}: {e}", path.display())));
-        }
-        Err(_) => {}
-    }
-    let gateway = |e| ApiError(StatusCode::BAD_GATEWAY, e);
-    let (bytes, source) = match remote {
-        // A scheduler job that runs: its output is still on the computer.
-        Some(Remote::Scheduler { computer, job, file }) if !terminal => {
-            let source = format!("{computer}:{file}");
-            let reply = app.call(|reply| Call::RemoteLog { computer, job, file, offset: q.offset, reply }).await?;
-            (reply.map_err(gateway)?, source)
-        }
-        Some(Remote::Cloud { why_not, .. }) if terminal && why_not.exists() => {
-            let why = std::fs::read_to_string(&why_not).unwrap_or_default();
-            return Err(ApiError(StatusCode::NOT_FOUND, format!("the API gave no logs: {}", why.trim())));
-        }
-        // A cloud job that runs, or whose logs are not fetched yet: ask the API.
-        Some(Remote::Cloud { namespace, name, batch, .. }) => {
-            let source = format!("pod {name}");
-            let all =
-                app.call(|reply| Call::CloudLog { namespace, name, job: batch, reply }).await?.map_err(gateway)?;
-            let start = usize::try_from(q.offset).unwrap_or(usize::MAX).min(all.len());
-            let end = start.saturating_add(usize::try_from(MAX_LOG_CHUNK).unwrap_or(usize::MAX)).min(all.len());
-            (all.as_bytes()[start..end].to_vec(), source)
-        }
-        // Not written yet (queued), or never written.
-        _ => (Vec::new(), path.display().to_string()),
-    };
-    let (data, offset) = utf8_prefix(bytes, q.offset);
-    Ok(axum::Json(LogChunk { data, offset, terminal, source }))
-}
-
-/// Where a job's output is when it is not (yet) in its local file.
-enum Remote {
-    /// In the job's work directory on its computer.
-    Scheduler { computer: String, job: String, file: &'static str },
-    /// In the API's log of its pod; `why_not` says why it could not be fetched.
-    Cloud { namespace: Option<String>, name: String, batch: bool, why_not: PathBuf },
-}
-
-async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut data = Vec::new();
-    file.take(MAX_LOG_CHUNK).read_to_end(&mut data).await?;
-    Ok(data)
+    let stream = q.stream;
+    let read =
+        app.call(|reply| Call::Log { id: id.clone(), stream, offset: q.offset, reply }).await?.map_err(
+            |e| match e {
+                LogError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+                LogError::Remote(m) => ApiError(StatusCode::BAD_GATEWAY, m),
+                LogError::Local(m) => internal(m),
+            },
+        )?;
+    let (data, offset) = utf8_prefix(read.bytes, q.offset);
+    Ok(axum::Json(LogChunk { data, offset, terminal, source: read.source }))
 }
 
 /// The text of `data`, without a UTF-8 sequence cut off at its end (it comes
@@ -771,16 +633,6 @@ async fn shutdown(State(app): State<App>) -> (StatusCode, axum::Json<serde_json:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_as_coreutils_prints_it() {
-        assert_eq!(from_base64("aGVsbG8K\n").as_deref(), Some(&b"hello\n"[..]));
-        assert_eq!(from_base64("w7w=").as_deref(), Some("ü".as_bytes()));
-        assert_eq!(from_base64("/w==").as_deref(), Some(&[0xff][..]));
-        assert_eq!(from_base64(""), Some(Vec::new()));
-        assert_eq!(from_base64("abc"), None);
-        assert_eq!(from_base64("a*==").as_deref(), None);
-    }
 
     #[test]
     fn passwords_are_not_shown() {

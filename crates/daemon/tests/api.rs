@@ -1,16 +1,17 @@
 //! The control API against a real daemon (in this process, on its own
 //! threads), over its real Unix socket and loopback TCP listener.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use drover_cloud::{CloudJob, CloudKind};
 use drover_daemon::api::{
     Control, ControlResults, Info, LogChunk, NewJob, ProcessDetail, ProcessList, Submit, Submitted,
 };
 use drover_daemon::{Client, ClientError, DaemonConfig, DaemonError, Method, OPENAPI, Paths, StatusCode, Target};
 use drover_engine::{Action, Job, ProcessInfo};
-use drover_shell::{Output, ShellSpec};
+use drover_scheduler::{SchedulerJob, SchedulerKind};
+use drover_shell::{Output, ShellJob, ShellKind, ShellSpec};
 
 struct Daemon {
     unix: Client,
@@ -38,12 +39,16 @@ fn config(dir: &Path) -> DaemonConfig {
     DaemonConfig {
         data_dir: dir.to_path_buf(),
         store: None,
-        computers: HashMap::new(),
+        // No computers, and a cluster that is not there: cloud jobs are
+        // refused (the cloud tests have one).
+        config: serde_json::json!({ "cloud": { "kubeconfig": dir.join("no-kubeconfig") } })
+            .as_object()
+            .cloned()
+            .unwrap(),
+        config_path: dir.join("computers.toml"),
         jobs: Some(4),
         http: Some("127.0.0.1:0".parse().unwrap()),
         allow_non_loopback: false,
-        // No cluster: cloud jobs are refused (the cloud tests have one).
-        cloud: drover_cloud::CloudSettings { kubeconfig: Some(dir.join("no-kubeconfig")), ..Default::default() },
     }
 }
 
@@ -71,7 +76,7 @@ fn shell(dir: &Path, name: &str, script: &str) -> NewJob {
     let mut spec = ShellSpec::program("/bin/sh", ["-c", script]);
     spec.stdout = Output::File(dir.join(format!("{name}.out")));
     spec.stderr = Output::File(dir.join(format!("{name}.err")));
-    NewJob { id: name.to_owned(), job: Job::Shell { spec } }
+    NewJob { id: name.to_owned(), job: Job::new::<ShellKind>(&ShellJob { spec }) }
 }
 
 async fn wait_for(client: &Client, id: &str, done: impl Fn(&ProcessInfo) -> bool) -> ProcessInfo {
@@ -149,7 +154,7 @@ fn a_submission_is_all_or_nothing_and_says_why() {
         assert!(message.contains("`a` already exists") && message.contains("nothing was submitted"), "{message}");
         // An unknown computer is named.
         let mut job = shell(dir.path(), "c", "true");
-        job.job = Job::Scheduler {
+        job.job = Job::new::<SchedulerKind>(&SchedulerJob {
             computer: "nowhere".into(),
             spec: drover_scheduler::JobSpec {
                 id: "c".into(),
@@ -157,20 +162,25 @@ fn a_submission_is_all_or_nothing_and_says_why() {
                 local_dir: dir.path().join("c"),
                 ..Default::default()
             },
-        };
+        });
         let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![job] }).await.unwrap_err();
-        assert!(err.to_string().contains("unknown computer `nowhere`"), "{err}");
+        assert!(err.to_string().contains("computer `nowhere` is not defined"), "{err}");
+        // A kind this drover does not know is named, with those it runs.
+        let mut job = shell(dir.path(), "t", "true");
+        job.job = Job::from_parts("teleport", serde_json::Map::new());
+        let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![job] }).await.unwrap_err();
+        assert!(err.to_string().contains("does not run teleport jobs (it runs: "), "{err}");
         // A cloud job, and no cluster: refused, saying why.
         let cloud = NewJob {
             id: "k".into(),
-            job: Job::Cloud {
+            job: Job::new::<CloudKind>(&CloudJob {
                 spec: drover_cloud::CloudSpec {
                     id: "k".into(),
                     image: "busybox".into(),
                     local_dir: dir.path().join("k"),
                     ..Default::default()
                 },
-            },
+            }),
         };
         let err = d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![cloud] }).await.unwrap_err();
         assert!(err.to_string().contains("cloud job `k`: no Kubernetes cluster"), "{err}");

@@ -6,12 +6,11 @@
 
 #![allow(missing_docs)]
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use drover_engine::{Engine, Job};
-use drover_shell::{Governor, ShellSpec, ShellState};
+use drover_engine::{Engine, Job, Kinds};
+use drover_shell::{Governor, ShellEnv, ShellJob, ShellKind, ShellSpec, ShellState};
 use drover_store::{NewProcess, Store, encode};
 use tokio::task::LocalSet;
 
@@ -21,7 +20,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("store.db");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let spec = serde_json::to_string(&Job::Shell { spec: ShellSpec::program("true", Vec::<String>::new()) }).unwrap();
+    let spec = serde_json::to_string(&Job::new::<ShellKind>(&ShellJob {
+        spec: ShellSpec::program("true", Vec::<String>::new()),
+    }))
+    .unwrap();
     rt.block_on(async {
         let store = Store::open(db.to_str().unwrap()).await.unwrap();
         let mut set = tokio::task::JoinSet::new();
@@ -30,9 +32,7 @@ fn main() {
             set.spawn(async move {
                 let id = format!("p{i}");
                 let checkpoint = encode(&ShellState::Queued);
-                store
-                    .insert(NewProcess { id: id.clone(), kind: "shell".into(), spec, parent: None, checkpoint })
-                    .await?;
+                store.insert(NewProcess::new(id.clone(), "shell", spec, checkpoint)).await?;
                 if i < open {
                     store.record(&id, encode(&ShellState::Queued), true, false).await
                 } else {
@@ -51,7 +51,9 @@ fn main() {
         async move {
             let started = Instant::now();
             let store = Store::open(db.to_str().unwrap()).await.unwrap();
-            let engine = Engine::new(store, local, Governor::new(2), HashMap::new(), dir.path().join("runs"));
+            let kinds = Kinds::new()
+                .with::<ShellKind>(ShellEnv { governor: Governor::new(2), run_root: dir.path().join("runs") });
+            let engine = Engine::new(store, local, kinds);
             let recovery = engine.recover().await.unwrap();
             (started.elapsed(), recovery.resumed.len())
         }

@@ -16,9 +16,15 @@ pub struct ProcessInfo {
     pub id: String,
     /// Its kind: `shell`, `scheduler`, ...
     pub kind: String,
-    /// The computer a scheduler job runs on.
+    /// Where it runs: the computer of a scheduler job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computer: Option<String>,
+    /// The process that spawned it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The engine that drives it, while it is unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Its state's name, in snake case: `queued`, `running`, `finished`, ...
     pub state: String,
     /// Whether it is paused.
@@ -43,13 +49,17 @@ pub struct ProcessInfo {
 impl ProcessInfo {
     /// The summary of a stored process.
     pub fn from_stored(stored: &StoredProcess) -> ProcessInfo {
-        let computer = serde_json::from_str::<Value>(&stored.spec)
-            .ok()
-            .and_then(|spec| spec.get("computer").and_then(Value::as_str).map(str::to_owned));
+        let computer = stored.place.clone().or_else(|| {
+            serde_json::from_str::<Value>(&stored.spec)
+                .ok()
+                .and_then(|spec| spec.get("computer").and_then(Value::as_str).map(str::to_owned))
+        });
         let mut info = ProcessInfo {
             id: stored.id.clone(),
             kind: stored.kind.clone(),
             computer,
+            parent: stored.parent.clone(),
+            owner: if stored.terminal { None } else { stored.owner.clone() },
             state: String::new(),
             paused: stored.paused,
             terminal: stored.terminal,
@@ -120,6 +130,12 @@ pub struct ProcessDetail {
     pub info: ProcessInfo,
     /// What it runs, as submitted.
     pub spec: Value,
+    /// What its kind says of its spec, as labelled lines (`command`, `cwd`, ...).
+    #[serde(default)]
+    pub describe: Vec<(String, String)>,
+    /// The processes it spawned, oldest first.
+    #[serde(default)]
+    pub children: Vec<ProcessInfo>,
     /// Every transition, oldest first.
     pub history: Vec<Transition>,
 }
@@ -142,9 +158,26 @@ impl ProcessDetail {
         ProcessDetail {
             info: ProcessInfo::from_stored(stored),
             spec: serde_json::from_str(&stored.spec).unwrap_or(Value::Null),
+            describe: Vec::new(),
+            children: Vec::new(),
             history,
         }
     }
+}
+
+/// The name of a state from its JSON, in snake case.
+pub(crate) fn state_name(state: &Value) -> String {
+    match state {
+        Value::String(name) => snake_case(name),
+        Value::Object(map) if map.len() == 1 => snake_case(map.keys().next().expect("one entry")),
+        _ => "unreadable".to_owned(),
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn snake_case(name: &str) -> String {
@@ -172,6 +205,8 @@ mod tests {
             id: "a".into(),
             kind: "shell".into(),
             computer: None,
+            parent: None,
+            owner: None,
             state: String::new(),
             paused: false,
             terminal: false,

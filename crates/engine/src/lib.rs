@@ -3,6 +3,16 @@
 //! every state they enter is durable, and recovers the unfinished ones after a
 //! crash or restart.
 //!
+//! Every kind of process is one implementation of [`drover_kind::Kind`],
+//! listed once in `kinds.rs`; the engine drives them all the same way.
+//!
+//! Every unfinished process has an owner: the engine that claimed it, at an
+//! epoch that every checkpoint write is fenced by, under a lease the engine
+//! renews by heartbeat (timed by the database's clock). An engine recovers
+//! only its own processes and those of its pool whose owner's lease expired;
+//! a write of an engine that lost its claim is refused, and that engine stops
+//! driving the process at once.
+//!
 //! Recovery resumes every non-terminal process from its checkpoint:
 //! - shell processes are durable: a child that outlived the engine is
 //!   re-attached, or its recorded exit code is taken; none starts twice;
@@ -24,49 +34,27 @@
 //! broadcast channel ([`Engine::changes`]): what a daemon's control API needs.
 
 mod info;
+mod inner;
+mod kinds;
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::HashSet;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-#[cfg(feature = "cloud")]
-use drover_cloud::{Cloud, CloudProcess, CloudSpec, CloudState};
-use drover_core::{DriveMode, Error, Process, ProcessHandler, Recorder, State, spawn_recorded, spawn_recorded_paused};
-use drover_scheduler::{Computer, JobSpec, JobState, SchedulerProcess};
-use drover_shell::{Governor, ShellProcess, ShellSpec, ShellState};
-use drover_store::{Checkpoint, NewProcess, Store, StoreError, StoreRecorder, StoredProcess, decode, encode};
+use drover_core::Error;
+use drover_kind::{Ended, Kind, RemoteRead};
+use drover_store::{NewProcess, Store, StoreError, StoredProcess};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::task::LocalSet;
 
+pub use drover_kind::{Job, Stream};
 pub use info::{ProcessDetail, ProcessInfo, Transition};
+pub use inner::{DEFAULT_LEASE, Identity, hostname};
+pub use kinds::{KindInfo, Kinds, all as kinds, plan, sections};
 
-/// What a process runs: its spec, as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Job {
-    /// A local shell process.
-    Shell {
-        /// What to run.
-        spec: ShellSpec,
-    },
-    /// A scheduler job on a configured computer.
-    Scheduler {
-        /// The computer's name.
-        computer: String,
-        /// The job.
-        spec: JobSpec,
-    },
-    /// A cloud job on the engine's Kubernetes cluster.
-    #[cfg(feature = "cloud")]
-    Cloud {
-        /// What it runs.
-        spec: CloudSpec,
-    },
-}
+use inner::Inner;
+use kinds::Start;
 
 /// Why the engine could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +62,6 @@ pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A scheduler job names a computer the engine does not know.
-    #[error("unknown computer `{name}` (known: {known})")]
-    UnknownComputer {
-        /// The name asked for.
-        name: String,
-        /// The names configured.
-        known: String,
-    },
     /// A process id that is taken (in the store, or twice in one submission).
     #[error("process `{0}` already exists")]
     Duplicate(String),
@@ -93,12 +73,15 @@ pub enum EngineError {
         /// What is wrong.
         problem: String,
     },
-    /// A cloud job, but the engine has no Kubernetes cluster.
-    #[error("cloud job `{id}`: no Kubernetes cluster: {problem}")]
-    NoCloud {
+    /// The job's kind refused it (an unknown computer, no cluster), or the
+    /// engine does not run its kind.
+    #[error("{kind} job `{id}`: {problem}")]
+    Refused {
+        /// The job's kind.
+        kind: String,
         /// The job.
         id: String,
-        /// Why there is none.
+        /// Why.
         problem: String,
     },
 }
@@ -117,7 +100,7 @@ pub enum ControlError {
         /// How it ended.
         state: String,
     },
-    /// The process is in the store but this engine could not load it.
+    /// The process is in the store but this engine does not drive it.
     #[error("process `{id}` is not running in this engine: {reason}")]
     NotLoaded {
         /// Its id.
@@ -151,29 +134,45 @@ pub enum Action {
 }
 
 /// How a process ended, as the engine reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A shell process's final state.
-    Shell(ShellState),
-    /// A scheduler job's final state.
-    Scheduler(JobState),
-    /// A cloud job's final state.
-    #[cfg(feature = "cloud")]
-    Cloud(CloudState),
-    /// It ended with a runtime error (panic, aborted).
-    Error(Error),
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    kind: &'static str,
+    result: Result<(Ended, Value), Error>,
 }
 
 impl Outcome {
+    pub(crate) fn new(kind: &'static str, result: Result<(Ended, Value), Error>) -> Outcome {
+        Outcome { kind, result }
+    }
+
     /// Whether it succeeded (exit code 0).
     pub fn succeeded(&self) -> bool {
-        match self {
-            Outcome::Shell(s) => s.succeeded(),
-            Outcome::Scheduler(s) => s.succeeded(),
-            #[cfg(feature = "cloud")]
-            Outcome::Cloud(s) => s.succeeded(),
-            Outcome::Error(_) => false,
+        self.result.as_ref().is_ok_and(|(e, _)| e.succeeded)
+    }
+
+    /// A few words on how it ended: `exit 0, 1.20 s`, why it failed, the
+    /// runtime's error.
+    pub fn summary(&self) -> String {
+        match &self.result {
+            Ok((ended, _)) => ended.summary.clone(),
+            Err(e) => e.to_string(),
         }
+    }
+
+    /// Its kind's name.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Its final state, if it is of kind `K` and ended without a runtime error.
+    pub fn state<K: Kind>(&self) -> Option<K::State> {
+        let (_, state) = self.result.as_ref().ok().filter(|_| self.kind == K::NAME)?;
+        serde_json::from_value(state.clone()).ok()
+    }
+
+    /// The runtime's error, if it ended with one (a panic).
+    pub fn error(&self) -> Option<&Error> {
+        self.result.as_ref().err()
     }
 }
 
@@ -184,183 +183,112 @@ pub struct Recovery {
     pub resumed: Vec<String>,
     /// Processes that could not be loaded, with the error they are marked with.
     pub failed: Vec<(String, String)>,
-    /// Killed scheduler jobs whose unconfirmed cancel was taken up again.
+    /// Ended processes whose work left to finish (a cancel or a delete to
+    /// confirm) was taken up again.
     pub cancels: Vec<String>,
 }
 
-enum Handle {
-    Shell(ProcessHandler<ShellState, ShellProcess>),
-    Scheduler(ProcessHandler<JobState, SchedulerProcess>),
-    #[cfg(feature = "cloud")]
-    Cloud(ProcessHandler<CloudState, CloudProcess>),
+/// A chunk of a process's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRead {
+    /// The bytes from the offset asked for.
+    pub bytes: Vec<u8>,
+    /// Where they were read.
+    pub source: String,
 }
 
-/// Runs `$body` with `$h` bound to the handler, whatever the kind.
-macro_rules! on_handle {
-    ($handle:expr, $h:ident => $body:expr) => {
-        match $handle {
-            Handle::Shell($h) => $body,
-            Handle::Scheduler($h) => $body,
-            #[cfg(feature = "cloud")]
-            Handle::Cloud($h) => $body,
-        }
-    };
+/// Why a log could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// No such process, or the log is not kept.
+    #[error("{0}")]
+    NotFound(String),
+    /// Where the process runs could not be read.
+    #[error("{0}")]
+    Remote(String),
+    /// The local file could not be read.
+    #[error("{0}")]
+    Local(String),
 }
 
-impl Handle {
-    /// Waits until the process has ended, and says how.
-    async fn outcome(&self) -> Outcome {
-        match self {
-            Handle::Shell(h) => match h.ended().await {
-                Ok(()) => Outcome::Shell(h.state()),
-                Err(e) => Outcome::Error(e),
-            },
-            Handle::Scheduler(h) => match h.ended().await {
-                Ok(()) => Outcome::Scheduler(h.state()),
-                Err(e) => Outcome::Error(e),
-            },
-            #[cfg(feature = "cloud")]
-            Handle::Cloud(h) => match h.ended().await {
-                Ok(()) => Outcome::Cloud(h.state()),
-                Err(e) => Outcome::Error(e),
-            },
-        }
+/// Checks an id drover can use: it names files and cluster objects.
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 200 {
+        return Err("must have 1 to 200 characters".to_owned());
     }
-
-    async fn act(&self, action: Action) -> Result<(), Error> {
-        match action {
-            Action::Pause => on_handle!(self, h => h.pause().await),
-            Action::Resume => on_handle!(self, h => h.resume()),
-            Action::Kill => on_handle!(self, h => h.kill().await),
-        }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err("may hold only letters, digits, `.`, `_` and `-`".to_owned());
     }
-}
-
-/// Records a process's states in the store, then announces each on the
-/// engine's broadcast channel (only when someone listens).
-struct EngineRecorder<S> {
-    store: StoreRecorder<S>,
-    template: ProcessInfo,
-    changes: broadcast::Sender<ProcessInfo>,
-}
-
-impl<S: State + Checkpoint> Recorder<S> for EngineRecorder<S> {
-    async fn record(&self, state: &S, paused: bool) {
-        self.store.record(state, paused).await;
-        if self.changes.receiver_count() > 0 {
-            let mut info = self.template.clone();
-            info.set_state(&serde_json::to_value(state).unwrap_or_default());
-            info.paused = paused;
-            info.terminal = state.is_done();
-            info.updated_at = now_ms();
-            let _ = self.changes.send(info);
-        }
+    if id.starts_with('.') || id.contains("..") {
+        return Err("may not start with `.` or hold `..`".to_owned());
     }
+    Ok(())
 }
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// How many changes a slow listener may fall behind before it is told it
-/// lagged (and should read the list again).
-const CHANGES_CAPACITY: usize = 4096;
 
 /// The engine. See the [crate docs](crate).
 pub struct Engine {
-    store: Store,
-    local: Rc<LocalSet>,
-    governor: Governor,
-    computers: HashMap<String, Arc<Computer>>,
-    run_root: PathBuf,
-    handles: Rc<RefCell<HashMap<String, Rc<Handle>>>>,
-    changes: broadcast::Sender<ProcessInfo>,
-    forget_ended: Cell<bool>,
+    inner: Rc<Inner>,
     /// One batch submission at a time, so that the checks of one hold until
     /// its inserts are done.
     submitting: tokio::sync::Mutex<()>,
-    #[cfg(feature = "cloud")]
-    cloud: Result<Arc<Cloud>, String>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("store", &self.store.location())
-            .field("computers", &self.computers.keys().collect::<Vec<_>>())
-            .field("processes", &self.handles.borrow().len())
+            .field("store", &self.inner.store.location())
+            .field("identity", &self.inner.identity)
+            .field("kinds", &self.inner.kinds)
+            .field("processes", &self.inner.handles.borrow().len())
             .finish()
     }
 }
 
 impl Engine {
-    /// An engine over `store`, running processes on `local`. Durable shell
-    /// processes keep their run directories under `run_root`.
-    pub fn new(
-        store: Store,
-        local: Rc<LocalSet>,
-        governor: Governor,
-        computers: HashMap<String, Arc<Computer>>,
-        run_root: impl Into<PathBuf>,
-    ) -> Engine {
-        Engine {
-            store,
-            local,
-            governor,
-            computers,
-            run_root: run_root.into(),
-            handles: Rc::default(),
-            changes: broadcast::channel(CHANGES_CAPACITY).0,
-            forget_ended: Cell::new(false),
-            submitting: tokio::sync::Mutex::new(()),
-            #[cfg(feature = "cloud")]
-            cloud: Err("none was given to the engine".to_owned()),
-        }
+    /// An engine over `store`, running processes of `kinds` on `local`, in
+    /// the `daemon` pool with a fresh id.
+    pub fn new(store: Store, local: Rc<LocalSet>, kinds: Kinds) -> Engine {
+        Engine::with_identity(store, local, kinds, Identity::fresh("daemon"))
     }
 
-    /// Runs cloud jobs on `cloud`; or, with `Err(why)`, refuses them saying
-    /// why there is no cluster (no configuration found, say).
-    #[cfg(feature = "cloud")]
-    pub fn with_cloud(mut self, cloud: Result<Arc<Cloud>, String>) -> Engine {
-        self.cloud = cloud;
-        self
+    /// An engine with the given identity.
+    pub fn with_identity(store: Store, local: Rc<LocalSet>, kinds: Kinds, identity: Identity) -> Engine {
+        Engine { inner: Inner::new(store, local, kinds, identity), submitting: tokio::sync::Mutex::new(()) }
     }
 
-    /// The Kubernetes cluster of cloud jobs, if the engine has one.
-    #[cfg(feature = "cloud")]
-    pub fn cloud(&self) -> Option<&Arc<Cloud>> {
-        self.cloud.as_ref().ok()
+    /// Who this engine is in the store.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
     }
 
-    #[cfg(feature = "cloud")]
-    fn cloud_for(&self, id: &str) -> Result<Arc<Cloud>, EngineError> {
-        self.cloud.clone().map_err(|problem| EngineError::NoCloud { id: id.to_owned(), problem })
+    /// Resolves once this engine's lease was lost (its heartbeat found it
+    /// expired): it drives nothing more, and should stop.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn lease_lost(&self) {
+        let mut rx = self.inner.lost.subscribe();
+        let _ = rx.wait_for(|lost| *lost).await;
     }
 
     /// Lets go of each process once it has ended, so that a long-lived engine
     /// (a daemon) holds only live ones; [`wait_each`](Self::wait_each) and
     /// [`wait_all`](Self::wait_all) then see only processes still running.
     pub fn forget_ended(&self) {
-        self.forget_ended.set(true);
+        self.inner.forget_ended.set(true);
     }
 
     /// Every state change from now on: the changed process's summary. A
     /// receiver that falls more than a few thousand changes behind gets
     /// `Lagged` and should read [`list`](Self::list) again.
     pub fn changes(&self) -> broadcast::Receiver<ProcessInfo> {
-        self.changes.subscribe()
+        self.inner.changes.subscribe()
     }
 
-    /// The names of the configured computers, sorted.
-    pub fn computer_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.computers.keys().cloned().collect();
-        names.sort_unstable();
-        names
-    }
-
-    /// A configured computer.
-    pub fn computer_named(&self, name: &str) -> Option<Arc<Computer>> {
-        self.computers.get(name).cloned()
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// Every process in the store, oldest first.
@@ -369,68 +297,127 @@ impl Engine {
     ///
     /// [`StoreError`] when the store cannot be read.
     pub async fn list(&self) -> Result<Vec<ProcessInfo>, StoreError> {
-        Ok(self.store.list().await?.iter().map(ProcessInfo::from_stored).collect())
+        Ok(self.inner.store.list().await?.iter().map(ProcessInfo::from_stored).collect())
     }
 
-    /// One process with its spec and history, if there is one.
+    /// One process with its spec, its description by its kind, its children
+    /// and its history, if there is one.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the store cannot be read.
     pub async fn show(&self, id: &str) -> Result<Option<ProcessDetail>, StoreError> {
-        let Some(stored) = self.store.get(id).await? else { return Ok(None) };
-        let events = self.store.events(id).await?;
-        Ok(Some(ProcessDetail::from_stored(&stored, &events)))
+        let Some(stored) = self.inner.store.get(id).await? else { return Ok(None) };
+        let events = self.inner.store.events(id).await?;
+        let mut detail = ProcessDetail::from_stored(&stored, &events);
+        if let Ok(job) = serde_json::from_str::<Job>(&stored.spec)
+            && let Some(kind) = kinds::all().into_iter().find(|k| k.name() == job.kind())
+        {
+            detail.describe = kind.describe(&job).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        }
+        detail.children = self.inner.store.children(id).await?.iter().map(ProcessInfo::from_stored).collect();
+        Ok(Some(detail))
     }
 
-    /// Pauses, resumes or kills process `id`; a pause or kill returns once it
-    /// has taken effect.
+    /// Reads `stream` of process `id` from byte `offset` (at most `max`
+    /// bytes): its local file where there is one, else where it runs.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it abandons the read.
     ///
     /// # Errors
     ///
-    /// [`ControlError`]: no such process, it has ended, it could not be
-    /// loaded, or the runtime refused.
+    /// [`LogError`]: no such process or log, a remote or local read failed.
+    pub async fn log(&self, id: &str, stream: Stream, offset: u64, max: u64) -> Result<LogRead, LogError> {
+        let stored = self
+            .inner
+            .store
+            .get(id)
+            .await
+            .map_err(|e| LogError::Local(e.to_string()))?
+            .ok_or_else(|| LogError::NotFound(format!("no process `{id}`")))?;
+        let job: Job = serde_json::from_str(&stored.spec)
+            .map_err(|e| LogError::Local(format!("the spec of `{id}` cannot be read: {e}")))?;
+        let kind = self.inner.kinds.get(job.kind()).map_err(LogError::NotFound)?;
+        let name = if stream == Stream::Stdout { "stdout" } else { "stderr" };
+        let plan = kind.logs(&job, stream).map_err(|why| LogError::NotFound(format!("the {name} of `{id}` {why}")))?;
+        match read_from(&plan.local, offset, max) {
+            Ok(bytes) => return Ok(LogRead { bytes, source: plan.local.display().to_string() }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LogError::Local(format!("{}: {e}", plan.local.display())));
+            }
+            Err(_) => {}
+        }
+        if stored.terminal
+            && let Some(why_not) = plan.why_not.as_ref().filter(|p| p.exists())
+        {
+            let why = std::fs::read_to_string(why_not).unwrap_or_default();
+            return Err(LogError::NotFound(format!("no logs could be had: {}", why.trim())));
+        }
+        let read = RemoteRead { stream, offset, max, terminal: stored.terminal };
+        match kind.remote_log(&job, read).await {
+            Some(Ok(remote)) => Ok(LogRead { bytes: remote.bytes, source: remote.source }),
+            Some(Err(e)) => Err(LogError::Remote(e)),
+            // Not written yet (queued), or never written.
+            None => Ok(LogRead { bytes: Vec::new(), source: plan.local.display().to_string() }),
+        }
+    }
+
+    /// Pauses, resumes or kills process `id`; a pause or kill returns once it
+    /// has taken effect. A kill reaches the process's live children first
+    /// (the parent is paused meanwhile, so their ends do not move it on); a
+    /// pause or resume reaches them too.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it leaves the request in effect where it was made.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError`]: no such process, it has ended, this engine does not
+    /// drive it, or the runtime refused.
     pub async fn control(&self, id: &str, action: Action) -> Result<(), ControlError> {
-        let handle = self.handles.borrow().get(id).cloned();
+        let handle = self.inner.handles.borrow().get(id).cloned();
         let Some(handle) = handle else {
-            let stored = self.store.get(id).await?.ok_or_else(|| ControlError::Unknown(id.to_owned()))?;
+            let stored = self.inner.store.get(id).await?.ok_or_else(|| ControlError::Unknown(id.to_owned()))?;
             let info = ProcessInfo::from_stored(&stored);
             return Err(if stored.terminal {
                 ControlError::Ended { id: id.to_owned(), state: info.state }
             } else {
-                let reason = stored.error.unwrap_or_else(|| "it was not resumed".to_owned());
+                let reason = stored.error.unwrap_or_else(|| match &stored.owner {
+                    Some(owner) if *owner != self.inner.identity.id => format!("engine `{owner}` drives it"),
+                    _ => "it was not resumed".to_owned(),
+                });
                 ControlError::NotLoaded { id: id.to_owned(), reason }
             });
         };
-        handle.act(action).await.map_err(|error| match error {
+        let runtime = |error: Error| match error {
             Error::Finished => ControlError::Ended { id: id.to_owned(), state: "ended".to_owned() },
             error => ControlError::Runtime { id: id.to_owned(), error },
-        })?;
-        #[cfg(feature = "cloud")]
-        if let Handle::Cloud(h) = &*handle
-            && let CloudState::Killed { name: Some(name), delete_pending: true } = h.state()
-        {
-            self.record_when_deleted(id, name);
-        }
-        Ok(())
-    }
-
-    /// Records a killed cloud job's delete as confirmed once the background
-    /// delete went through (after a kill now, or one taken up at recovery).
-    #[cfg(feature = "cloud")]
-    fn record_when_deleted(&self, id: &str, name: String) {
-        let Ok(cloud) = self.cloud.clone() else { return };
-        let (store, id) = (self.store.clone(), id.to_owned());
-        tokio::task::spawn_local(async move {
-            let spec = store.get(&id).await.ok().flatten().and_then(|p| serde_json::from_str::<Job>(&p.spec).ok());
-            let Some(Job::Cloud { spec }) = spec else { return };
-            let namespace = spec.namespace.unwrap_or_else(|| cloud.default_namespace().to_owned());
-            while cloud.delete_pending(&namespace, &name) {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        let children: Vec<String> = self.inner.families.borrow().get(id).cloned().unwrap_or_default();
+        let live: Vec<String> = {
+            let handles = self.inner.handles.borrow();
+            children.into_iter().filter(|c| handles.get(c).is_some_and(|h| !h.is_done())).collect()
+        };
+        if !live.is_empty() {
+            if action == Action::Kill {
+                // Held still while its children end, so that their ends do
+                // not move it on; a parent that ended meanwhile is fine.
+                let _ = handle.act(Action::Pause).await;
             }
-            let done = encode(&CloudState::Killed { name: Some(name), delete_pending: false });
-            let _ = store.record(&id, done, false, true).await;
-        });
+            let each = live
+                .iter()
+                .map(|c| Box::pin(self.control(c, action)) as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
+            for result in futures_join(each).await {
+                match result {
+                    Ok(()) | Err(ControlError::Ended { .. }) => {}
+                    Err(e) => tracing::warn!(parent = %id, error = %e, "a child did not take the request"),
+                }
+            }
+        }
+        handle.act(action).await.map_err(runtime)
     }
 
     /// Pauses process `id`. See [`control`](Self::control).
@@ -460,19 +447,34 @@ impl Engine {
         self.control(id, Action::Kill).await
     }
 
-    /// Records and starts several processes, all or nothing as far as the
-    /// input goes: every id and computer is checked before the first is
-    /// recorded.
+    /// Checks a job before anything is recorded: its id, its kind, and what
+    /// its kind checks (its computer is configured, its cluster reachable).
     ///
     /// # Errors
     ///
-    /// [`EngineError`]: a duplicate id, an unknown computer (then nothing is
+    /// [`EngineError::InvalidId`], [`EngineError::Refused`].
+    pub fn check(&self, id: &str, job: &Job) -> Result<(), EngineError> {
+        check_id(id).map_err(|problem| EngineError::InvalidId { id: id.to_owned(), problem })?;
+        let refused = |problem| EngineError::Refused { kind: job.kind().to_owned(), id: id.to_owned(), problem };
+        self.inner.kinds.get(job.kind()).map_err(refused)?.check(id, job).map_err(refused)
+    }
+
+    /// Records and starts several processes, all or nothing as far as the
+    /// input goes: every id and job is checked before the first is recorded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it may leave the first processes recorded and started.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError`]: a duplicate id, a refused job (then nothing is
     /// recorded), a store failure.
     pub async fn submit_all(&self, jobs: Vec<(String, Job)>) -> Result<(), EngineError> {
         let _one_at_a_time = self.submitting.lock().await;
         let mut ids = HashSet::new();
         for (id, job) in &jobs {
-            if !ids.insert(id.as_str()) || self.store.get(id).await?.is_some() {
+            if !ids.insert(id.as_str()) || self.inner.store.get(id).await?.is_some() {
                 return Err(EngineError::Duplicate(id.clone()));
             }
             self.check(id, job)?;
@@ -483,163 +485,95 @@ impl Engine {
         Ok(())
     }
 
-    /// What can be checked of a job before anything is recorded.
-    fn check(&self, id: &str, job: &Job) -> Result<(), EngineError> {
-        let invalid = |problem: &str| Err(EngineError::InvalidId { id: id.to_owned(), problem: problem.to_owned() });
-        if id.is_empty() || id.len() > 200 {
-            return invalid("must have 1 to 200 characters");
-        }
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return invalid("may hold only letters, digits, `.`, `_` and `-`");
-        }
-        if id.starts_with('.') || id.contains("..") {
-            return invalid("may not start with `.` or hold `..`");
-        }
-        match job {
-            Job::Scheduler { computer, .. } => {
-                self.computer(computer)?;
-            }
-            #[cfg(feature = "cloud")]
-            Job::Cloud { spec } => {
-                // The spec's id names the pod: two processes must never share one.
-                if spec.id != id {
-                    return invalid(&format!("a cloud job's spec must carry its process id, not `{}`", spec.id));
-                }
-                self.cloud_for(id)?;
-            }
-            Job::Shell { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    fn computer(&self, name: &str) -> Result<Arc<Computer>, EngineError> {
-        self.computers.get(name).cloned().ok_or_else(|| {
-            let mut known: Vec<&str> = self.computers.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            EngineError::UnknownComputer { name: name.to_owned(), known: known.join(", ") }
-        })
-    }
-
-    /// Records a new process `id` and starts it.
+    /// Records a new process `id`, owned by this engine, and starts it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it after the insert leaves the process recorded but not
+    /// started; this engine's next [`recover`](Self::recover) starts it.
     ///
     /// # Errors
     ///
-    /// [`EngineError`]: a duplicate id, an unknown computer, a store failure.
+    /// [`EngineError`]: a duplicate id, a refused job, a store failure.
     /// Nothing is recorded or started then.
     pub async fn submit(&self, id: &str, job: Job) -> Result<(), EngineError> {
         self.check(id, &job)?;
+        self.inner.register().await?;
+        let kind = self.inner.kinds.get(job.kind()).expect("checked");
+        let refused = |problem| EngineError::Refused { kind: job.kind().to_owned(), id: id.to_owned(), problem };
+        let checkpoint = kind.initial(&job).map_err(refused)?;
         let spec = serde_json::to_string(&job).expect("a job serialises");
-        match job {
-            Job::Shell { spec: shell } => {
-                let new = new_process(id, "shell", spec, &ShellState::Queued);
-                self.store.insert(new.clone()).await?;
-                let proc = ShellProcess::durable(shell, self.governor.clone(), self.run_root.join(id));
-                self.start(id, proc, false, self.template(&new, now_ms()), Handle::Shell);
-            }
-            Job::Scheduler { computer, spec: job } => {
-                let computer = self.computer(&computer)?;
-                let new = new_process(id, "scheduler", spec, &JobState::Created);
-                self.store.insert(new.clone()).await?;
-                let proc = SchedulerProcess::new(job, computer);
-                self.start(id, proc, false, self.template(&new, now_ms()), Handle::Scheduler);
-            }
-            #[cfg(feature = "cloud")]
-            Job::Cloud { spec: job } => {
-                let cloud = self.cloud_for(id)?;
-                let new = new_process(id, "cloud", spec, &CloudState::Created);
-                self.store.insert(new.clone()).await?;
-                let proc = CloudProcess::new(job, cloud);
-                self.start(id, proc, false, self.template(&new, now_ms()), Handle::Cloud);
-            }
-        }
-        Ok(())
+        let mut new = NewProcess::new(id, job.kind(), spec, checkpoint);
+        new.owner = Some(self.inner.identity.id.clone());
+        new.host = Some(self.inner.identity.host.clone());
+        new.place = kind.info().place(&job);
+        self.inner.store.insert(new).await?;
+        let template = self.inner.template(id, job.kind(), &job, None);
+        let start = Start { id: id.to_owned(), job, checkpoint: None, paused: false, epoch: 1, template };
+        self.inner.start(start).map_err(|problem| EngineError::Refused {
+            kind: "unknown".to_owned(),
+            id: id.to_owned(),
+            problem,
+        })
     }
 
-    /// Hands the cancels that were still unconfirmed when the last engine
-    /// stopped (killed scheduler jobs with `cancel_pending`) to their
-    /// computers' cancellers, and records each one once it is confirmed: no
-    /// job is left running on a cluster because an engine crashed.
-    ///
-    /// # Errors
-    ///
-    /// [`EngineError::Store`] when the store cannot be read.
-    pub async fn resume_pending_cancels(&self) -> Result<Vec<String>, EngineError> {
+    /// Takes up the work that ended processes left (cancels and deletes not
+    /// yet confirmed when the last engine stopped), and records each once it
+    /// is done: no job is left running on a cluster because an engine crashed.
+    async fn resume_pending_work(&self) -> Result<Vec<String>, EngineError> {
         let mut resumed = Vec::new();
-        for stored in self.store.terminal_marked("scheduler", "\"cancel_pending\":true").await? {
-            let Ok(JobState::Killed { job_id: Some(job_id), cancel_pending: true }) =
-                decode::<JobState>(&stored.checkpoint)
-            else {
-                continue;
-            };
-            let Ok(Job::Scheduler { computer, .. }) = serde_json::from_str::<Job>(&stored.spec) else { continue };
-            let computer = match self.computer(&computer) {
-                Ok(computer) => computer,
+        let identity = &self.inner.identity;
+        for stored in self.inner.store.pending_work(&identity.id, &identity.pool).await? {
+            let Ok(job) = serde_json::from_str::<Job>(&stored.spec) else { continue };
+            let kind = match self.inner.kinds.get(job.kind()) {
+                Ok(kind) => kind,
                 Err(e) => {
-                    self.store.mark_error(&stored.id, &e.to_string()).await?;
+                    self.inner.store.mark_error(&stored.id, &e).await?;
                     continue;
                 }
             };
-            computer.canceller().cancel_in_background(job_id.clone());
-            let (store, id) = (self.store.clone(), stored.id.clone());
+            let Some(work) = kind.finish(&job, &stored.checkpoint) else { continue };
+            let (store, id) = (self.inner.store.clone(), stored.id.clone());
             tokio::task::spawn_local(async move {
-                while computer.canceller().pending().contains(&job_id) {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-                let done = encode(&JobState::Killed { job_id: Some(job_id), cancel_pending: false });
+                let done = work.await;
                 let _ = store.record(&id, done, false, true).await;
             });
             resumed.push(stored.id);
         }
-        #[cfg(feature = "cloud")]
-        resumed.extend(self.resume_pending_deletes().await?);
         Ok(resumed)
     }
 
-    /// Killed cloud jobs whose delete was still unconfirmed: deleted again in
-    /// the background, and recorded once the API confirms.
-    #[cfg(feature = "cloud")]
-    async fn resume_pending_deletes(&self) -> Result<Vec<String>, EngineError> {
-        let mut resumed = Vec::new();
-        for stored in self.store.terminal_marked("cloud", "\"delete_pending\":true").await? {
-            let Ok(CloudState::Killed { name: Some(name), delete_pending: true }) =
-                decode::<CloudState>(&stored.checkpoint)
-            else {
-                continue;
-            };
-            let Ok(Job::Cloud { spec }) = serde_json::from_str::<Job>(&stored.spec) else { continue };
-            let cloud = match self.cloud_for(&stored.id) {
-                Ok(cloud) => cloud,
-                Err(e) => {
-                    self.store.mark_error(&stored.id, &e.to_string()).await?;
-                    continue;
-                }
-            };
-            let namespace = spec.namespace.clone().unwrap_or_else(|| cloud.default_namespace().to_owned());
-            cloud.delete_in_background(&namespace, &name, spec.batch_job);
-            self.record_when_deleted(&stored.id, name);
-            resumed.push(stored.id);
-        }
-        Ok(resumed)
-    }
-
-    /// Resumes every unfinished process of the store.
+    /// Claims and resumes the store's unfinished processes that are this
+    /// engine's own, or of its pool with an expired lease; children come
+    /// with their parents.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it may leave processes claimed but not started; the next
+    /// call starts them.
     ///
     /// # Errors
     ///
     /// [`EngineError::Store`] when the store cannot be read at all; a process
     /// that cannot be loaded is reported in [`Recovery::failed`] instead.
     pub async fn recover(&self) -> Result<Recovery, EngineError> {
-        let mut recovery = Recovery { cancels: self.resume_pending_cancels().await?, ..Recovery::default() };
-        for stored in self.store.unfinished().await? {
+        self.inner.register().await?;
+        let mut recovery = Recovery { cancels: self.resume_pending_work().await?, ..Recovery::default() };
+        let identity = &self.inner.identity;
+        let claimed = self.inner.store.claim(&identity.id, &identity.pool, i64::MAX).await?;
+        for stored in &claimed {
+            if let Some(parent) = &stored.parent {
+                self.inner.families.borrow_mut().entry(parent.clone()).or_default().push(stored.id.clone());
+            }
+        }
+        for stored in claimed {
+            if self.inner.handles.borrow().get(&stored.id).is_some_and(|h| !h.is_done()) {
+                continue;
+            }
             match self.restore(&stored) {
                 Ok(()) => recovery.resumed.push(stored.id),
                 Err(error) => {
-                    self.store.mark_error(&stored.id, &error).await?;
+                    self.inner.store.mark_error(&stored.id, &error).await?;
                     recovery.failed.push((stored.id, error));
                 }
             }
@@ -648,91 +582,29 @@ impl Engine {
     }
 
     fn restore(&self, stored: &StoredProcess) -> Result<(), String> {
-        let (id, paused) = (stored.id.as_str(), stored.paused);
-        let template = ProcessInfo::from_stored(stored);
         let job: Job = serde_json::from_str(&stored.spec).map_err(|e| format!("unreadable spec: {e}"))?;
-        match (stored.kind.as_str(), job) {
-            ("shell", Job::Shell { spec }) => {
-                let state: ShellState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
-                let proc = ShellProcess::restore(spec, self.governor.clone(), self.run_root.join(id), state);
-                self.start(id, proc, paused, template, Handle::Shell);
-            }
-            ("scheduler", Job::Scheduler { computer, spec }) => {
-                let state: JobState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
-                let computer = self.computer(&computer).map_err(|e| e.to_string())?;
-                self.start(id, SchedulerProcess::restore(spec, computer, state), paused, template, Handle::Scheduler);
-            }
-            #[cfg(feature = "cloud")]
-            ("cloud", Job::Cloud { spec }) => {
-                let state: CloudState = decode(&stored.checkpoint).map_err(|e| e.to_string())?;
-                let cloud = self.cloud_for(id).map_err(|e| e.to_string())?;
-                self.start(id, CloudProcess::restore(spec, cloud, state), paused, template, Handle::Cloud);
-            }
-            (kind, _) => return Err(format!("unknown process kind `{kind}`")),
+        if job.kind() != stored.kind {
+            return Err(format!("a `{}` process with a `{}` spec", stored.kind, job.kind()));
         }
-        Ok(())
-    }
-
-    /// The summary a new process's changes are announced with.
-    fn template(&self, new: &NewProcess, created_at: i64) -> ProcessInfo {
-        let stored = StoredProcess {
-            id: new.id.clone(),
-            kind: new.kind.clone(),
-            spec: new.spec.clone(),
-            parent: new.parent.clone(),
-            checkpoint: new.checkpoint.clone(),
-            paused: false,
-            terminal: false,
-            created_at,
-            updated_at: created_at,
-            error: None,
+        let start = Start {
+            id: stored.id.clone(),
+            job,
+            checkpoint: Some(stored.checkpoint.clone()),
+            paused: stored.paused,
+            epoch: stored.epoch,
+            template: ProcessInfo::from_stored(stored),
         };
-        let info = ProcessInfo::from_stored(&stored);
-        let _ = self.changes.send(info.clone());
-        info
-    }
-
-    fn start<S, P>(
-        &self,
-        id: &str,
-        proc: P,
-        paused: bool,
-        template: ProcessInfo,
-        wrap: fn(ProcessHandler<S, P>) -> Handle,
-    ) where
-        S: State + Checkpoint,
-        P: Process<S> + 'static,
-    {
-        let recorder = EngineRecorder {
-            store: StoreRecorder::new(self.store.clone(), id),
-            template,
-            changes: self.changes.clone(),
-        };
-        // Paused by a request (not by itself): stays paused, without its hook.
-        let h = if paused && !proc.is_paused() {
-            spawn_recorded_paused(&self.local, proc, DriveMode::FireAndForget, recorder)
-        } else {
-            spawn_recorded(&self.local, proc, DriveMode::FireAndForget, recorder)
-        };
-        let _ = h.try_nudge();
-        let handle = Rc::new(wrap(h));
-        self.handles.borrow_mut().insert(id.to_owned(), handle.clone());
-        if self.forget_ended.get() {
-            let id = id.to_owned();
-            let map = Rc::downgrade(&self.handles);
-            tokio::task::spawn_local(async move {
-                handle.outcome().await;
-                if let Some(map) = map.upgrade() {
-                    map.borrow_mut().remove(&id);
-                }
-            });
-        }
+        self.inner.start(start)
     }
 
     /// Waits for every process started so far to end, calling `each` as each
     /// one ends (in the order they end), and returns how each ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it stops the waiting; the processes run on.
     pub async fn wait_each(&self, mut each: impl FnMut(&str, &Outcome)) -> Vec<(String, Outcome)> {
-        let handles = std::mem::take(&mut *self.handles.borrow_mut());
+        let handles = std::mem::take(&mut *self.inner.handles.borrow_mut());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (id, handle) in handles {
             let tx = tx.clone();
@@ -750,16 +622,54 @@ impl Engine {
     }
 
     /// Waits for every process started so far to end, and reports how each ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it stops the waiting; the processes run on.
     pub async fn wait_all(&self) -> Vec<(String, Outcome)> {
-        let handles = std::mem::take(&mut *self.handles.borrow_mut());
+        let handles = std::mem::take(&mut *self.inner.handles.borrow_mut());
         let mut outcomes = Vec::with_capacity(handles.len());
         for (id, handle) in handles {
             outcomes.push((id, handle.outcome().await));
         }
         outcomes
     }
+
+    /// Ends this engine's lease now (a clean stop), so that another engine
+    /// of its pool may take its processes over at once.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn release(&self) -> Result<(), StoreError> {
+        self.inner.store.release_engine(&self.inner.identity.id).await
+    }
 }
 
-fn new_process<S: Checkpoint>(id: &str, kind: &str, spec: String, state: &S) -> NewProcess {
-    NewProcess { id: id.to_owned(), kind: kind.to_owned(), spec, parent: None, checkpoint: encode(state) }
+/// Runs every future at once and collects their outputs in order.
+async fn futures_join<T>(
+    futures: impl IntoIterator<Item = std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>>>,
+) -> Vec<T> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(f);
+    }
+    let mut out = Vec::with_capacity(set.len());
+    // Sequentially awaited, but each was started by the time the first is
+    // polled only if it makes progress on its own: control requests do (they
+    // set a flag and wait for the driver).
+    for f in set {
+        out.push(f.await);
+    }
+    out
+}
+
+/// Reads at most `max` bytes of `path` from `offset`.
+fn read_from(path: &std::path::Path, offset: u64, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    file.take(max).read_to_end(&mut out)?;
+    Ok(out)
 }

@@ -6,12 +6,14 @@
 use std::collections::HashMap;
 use std::process::Command;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_engine::{Engine, Job};
-use drover_scheduler::{AnyScheduler, AnyTransport, Computer, JobSpec, JobState, Slurm, Ssh, SshConfig};
-use drover_shell::Governor;
-use drover_store::{NewProcess, Store, decode, encode};
+use drover_engine::{Engine, Job, Kinds};
+use drover_scheduler::{
+    AnyScheduler, AnyTransport, Computer, JobSpec, JobState, SchedulerJob, SchedulerKind, Slurm, Ssh, SshConfig,
+};
+use drover_store::{NewProcess, Record, Store, decode, encode};
 use tokio::task::LocalSet;
 
 fn sh(cmd: &str) -> String {
@@ -46,14 +48,15 @@ fn an_unconfirmed_cancel_is_taken_up_after_a_restart() {
             let store = Store::open(db.to_str().unwrap()).await.unwrap();
             // What a crashed engine left: the job killed, its cancel unconfirmed.
             let spec = JobSpec { id: "k".into(), command: "sleep".into(), ..JobSpec::default() };
-            let job = serde_json::to_string(&Job::Scheduler { computer: "cluster".into(), spec }).unwrap();
+            let job =
+                serde_json::to_string(&Job::new::<SchedulerKind>(&SchedulerJob { computer: "cluster".into(), spec }))
+                    .unwrap();
             let checkpoint = encode(&JobState::Created);
-            store
-                .insert(NewProcess { id: "k".into(), kind: "scheduler".into(), spec: job, parent: None, checkpoint })
-                .await
-                .unwrap();
+            store.insert(NewProcess::new("k", "scheduler", job, checkpoint)).await.unwrap();
             let killed = JobState::Killed { job_id: Some(job_id.clone()), cancel_pending: true };
-            store.record("k", encode(&killed), false, true).await.unwrap();
+            let mut record = Record::new(encode(&killed), false, true);
+            record.pending_work = true;
+            store.commit_record("k", record).await.unwrap();
 
             let cluster = Computer::new(
                 "cluster",
@@ -62,13 +65,8 @@ fn an_unconfirmed_cancel_is_taken_up_after_a_restart() {
                 "drover-tests",
                 Duration::from_secs(1),
             );
-            let engine = Engine::new(
-                store.clone(),
-                local,
-                Governor::new(1),
-                HashMap::from([("cluster".to_owned(), cluster)]),
-                dir.path().join("runs"),
-            );
+            let kinds = Kinds::new().with::<SchedulerKind>(Arc::new(HashMap::from([("cluster".to_owned(), cluster)])));
+            let engine = Engine::new(store.clone(), local, kinds);
             let recovery = engine.recover().await.unwrap();
             assert_eq!(recovery.cancels, vec!["k".to_owned()]);
             assert!(recovery.resumed.is_empty());

@@ -6,13 +6,11 @@
 #[path = "../../cloud/tests/node/mod.rs"]
 mod node;
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use drover_cloud::{CloudSpec, CloudState, object_name};
-use drover_engine::{Engine, Job, Outcome};
-use drover_shell::Governor;
+use drover_cloud::{CloudEnv, CloudJob, CloudKind, CloudSpec, CloudState, object_name};
+use drover_engine::{Engine, Identity, Job, Kinds};
 use drover_store::{Store, decode};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams};
@@ -26,7 +24,10 @@ fn engine(
     dir: &std::path::Path,
     cloud: std::sync::Arc<drover_cloud::Cloud>,
 ) -> Engine {
-    Engine::new(store, local.clone(), Governor::new(2), HashMap::new(), dir.join("runs")).with_cloud(Ok(cloud))
+    let _ = dir;
+    // One engine, restarted after its crash: it takes its own processes back at once.
+    let identity = Identity { id: "cloud-test".into(), ..Identity::fresh("daemon") };
+    Engine::with_identity(store, local.clone(), Kinds::new().with::<CloudKind>(CloudEnv(Ok(cloud))), identity)
 }
 
 #[test]
@@ -61,7 +62,7 @@ fn a_cloud_job_resumes_after_an_engine_crash_without_a_second_pod() {
                     local_dir: dir.join("out"),
                     ..CloudSpec::default()
                 };
-                e.submit(&id, Job::Cloud { spec }).await.unwrap();
+                e.submit(&id, Job::new::<CloudKind>(&CloudJob { spec })).await.unwrap();
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     let stored = store.get(&id).await.unwrap().unwrap();
@@ -90,7 +91,7 @@ fn a_cloud_job_resumes_after_an_engine_crash_without_a_second_pod() {
     });
     assert_eq!(outcomes.len(), 1);
     let name = object_name(&id);
-    assert_eq!(outcomes[0].1, Outcome::Cloud(CloudState::Finished { name: name.clone(), exit_code: 4 }));
+    assert_eq!(outcomes[0].1.state::<CloudKind>(), Some(CloudState::Finished { name: name.clone(), exit_code: 4 }));
     kubelet_rt.block_on(async {
         let client = node::kube_client().await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), NS);

@@ -150,3 +150,82 @@ fn an_engine_killed_at_random_moments_finishes_everything_exactly_once() {
     }
     println!("{kills} kills; all {} processes ended once, correctly", SHELL_JOBS + SLURM_JOBS);
 }
+
+const CHILDREN: usize = 200;
+
+/// A group fanning out to 200 shell children, two per checkpoint, is killed
+/// with SIGKILL again and again, mostly in the middle of its fan-out: in the
+/// end there is exactly one record of each child, with its parent, and each
+/// child's command ran exactly once.
+#[test]
+fn a_fan_out_killed_in_the_middle_spawns_each_child_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("store.db");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("seed {seed}");
+    let mut rng = Lcg(seed);
+    let engine = || {
+        Command::new(env!("CARGO_BIN_EXE_crash-engine"))
+            .args([store_path.to_str().unwrap(), work.to_str().unwrap(), "fan", "0", "0", &CHILDREN.to_string()])
+            .spawn()
+            .expect("start the engine")
+    };
+    let spawned = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let store = Store::open(store_path.to_str().unwrap()).await.unwrap();
+            store.children("g").await.unwrap().len()
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (mut kills, mut mid_way) = (0, 0);
+    while kills < 8 {
+        let mut child = engine();
+        std::thread::sleep(Duration::from_millis(rng.next_ms(40, 400)));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        child.wait().unwrap();
+        kills += 1;
+        let n = spawned(&rt);
+        if n > 0 && n < CHILDREN {
+            mid_way += 1;
+        }
+        println!("killed the engine with {n} of {CHILDREN} children recorded");
+    }
+    assert!(mid_way >= 1, "no kill landed in the middle of the fan-out");
+    let status = engine().wait().unwrap();
+    assert!(status.success(), "the last engine reported failures");
+
+    rt.block_on(async {
+        let store = Store::open(store_path.to_str().unwrap()).await.unwrap();
+        let children = store.children("g").await.unwrap();
+        assert_eq!(children.len(), CHILDREN, "children recorded");
+        let mut ids: Vec<&str> = children.iter().map(|c| c.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), CHILDREN, "a child was recorded twice");
+        assert!(children.iter().all(|c| c.terminal && c.parent.as_deref() == Some("g")));
+        let g = store.get("g").await.unwrap().unwrap();
+        let state: drover_group::GroupState = decode(&g.checkpoint).unwrap();
+        assert_eq!(state, drover_group::GroupState::Finished { exit_code: 0, failed: vec![] });
+        assert_eq!(store.count().await.unwrap(), CHILDREN as i64 + 1);
+    });
+    let marker = std::fs::read_to_string(work.join("marker")).unwrap();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in marker.lines() {
+        *runs.entry(line).or_default() += 1;
+    }
+    for i in 0..CHILDREN {
+        let id = format!("g.c{i}");
+        assert_eq!(runs.get(id.as_str()), Some(&1), "{id} ran {:?} times", runs.get(id.as_str()));
+    }
+    assert_eq!(runs.len(), CHILDREN);
+    println!("{kills} kills ({mid_way} mid-way); {CHILDREN} children, each once");
+}

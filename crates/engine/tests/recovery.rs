@@ -4,13 +4,16 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use drover_engine::{Engine, Job};
-use drover_shell::{Governor, ShellSpec, ShellState};
+use drover_engine::{Engine, Identity, Job, Kinds};
+use drover_shell::{Governor, ShellEnv, ShellJob, ShellKind, ShellSpec, ShellState};
 use drover_store::{Store, decode, encode};
 use tokio::task::LocalSet;
 
 fn engine(store: Store, local: &Rc<LocalSet>, run_root: &std::path::Path) -> Engine {
-    Engine::new(store, local.clone(), Governor::new(4), HashMap::new(), run_root)
+    let kinds = Kinds::new().with::<ShellKind>(ShellEnv { governor: Governor::new(4), run_root: run_root.to_owned() });
+    // One engine, restarted: it takes its own processes back at once.
+    let identity = Identity { id: "recovery-test".into(), ..Identity::fresh("daemon") };
+    Engine::with_identity(store, local.clone(), kinds, identity)
 }
 
 fn run<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
@@ -31,7 +34,7 @@ fn unreadable_processes_are_marked_and_the_others_run() {
             let store = Store::open(db.to_str().unwrap()).await.unwrap();
             let e = engine(store.clone(), &local, &runs);
             for id in ["good", "corrupt", "newer"] {
-                e.submit(id, Job::Shell { spec: ShellSpec::script("exit 0") }).await.unwrap();
+                e.submit(id, Job::new::<ShellKind>(&ShellJob { spec: ShellSpec::script("exit 0") })).await.unwrap();
             }
             let _ = e.wait_all().await;
         }
@@ -71,13 +74,12 @@ fn a_process_paused_before_the_restart_stays_paused() {
         async move {
             let store = Store::open(db.to_str().unwrap()).await.unwrap();
             store
-                .insert(drover_store::NewProcess {
-                    id: "p".into(),
-                    kind: "shell".into(),
-                    spec: serde_json::to_string(&Job::Shell { spec }).unwrap(),
-                    parent: None,
-                    checkpoint: encode(&ShellState::Queued),
-                })
+                .insert(drover_store::NewProcess::new(
+                    "p",
+                    "shell",
+                    serde_json::to_string(&Job::new::<ShellKind>(&ShellJob { spec })).unwrap(),
+                    encode(&ShellState::Queued),
+                ))
                 .await
                 .unwrap();
             // Paused by a request before the engine went down.

@@ -41,6 +41,7 @@
 
 mod computer;
 mod job;
+mod kind;
 mod poller;
 mod process;
 mod quote;
@@ -50,6 +51,7 @@ mod transport;
 
 pub use computer::{Canceller, Computer};
 pub use job::{EXIT_CODE_FILE, InvalidJob, JobSpec, Resources, SCRIPT_FILE, STDERR_FILE, STDOUT_FILE, Source, Upload};
+pub use kind::{Computers, SchedulerJob, SchedulerKind, computers};
 pub use poller::{DEFAULT_INTERVAL, MIN_INTERVAL, PollError, Poller};
 pub use process::{JobState, SchedulerProcess};
 pub use quote::{quote, quote_all};

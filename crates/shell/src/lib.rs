@@ -82,10 +82,12 @@
 
 mod command;
 mod governor;
+mod kind;
 mod process;
 mod spec;
 
 pub use command::{StartError, output};
 pub use governor::Governor;
+pub use kind::{ShellEnv, ShellJob, ShellKind};
 pub use process::{ShellProcess, ShellState};
 pub use spec::{Env, Input, Limits, Output, ShellSpec};

@@ -53,13 +53,7 @@ impl Process<Count> for Counter {
 }
 
 fn new_process(id: String, target: u32) -> NewProcess {
-    NewProcess {
-        id,
-        kind: Count::KIND.into(),
-        spec: "{}".into(),
-        parent: None,
-        checkpoint: encode(&Count { n: 0, target }),
-    }
+    NewProcess::new(id, Count::KIND, "{}".into(), encode(&Count { n: 0, target }))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -5,16 +5,17 @@
 //!
 //! - [`Store`]: open, insert, record, read. Writes are committed in groups by
 //!   one writer and are durable when they return.
-//! - [`Checkpoint`], [`encode`], [`decode`]: versioned envelopes; a newer
-//!   version than this drover knows is refused, a corrupt one concerns only
-//!   its own process.
+//! - [`Checkpoint`], [`encode`], [`decode`] (from `drover-kind`, re-exported):
+//!   versioned envelopes; the store itself keeps checkpoints as text and
+//!   depends on no process kind.
 //! - [`StoreRecorder`]: a [`Recorder`](drover_core::Recorder) that makes every
 //!   state durable before the process takes its next step.
 
-mod checkpoint;
 mod recorder;
 mod store;
 
-pub use checkpoint::{Checkpoint, CheckpointError, decode, encode};
+pub use drover_kind::{Checkpoint, CheckpointError, decode, encode};
 pub use recorder::StoreRecorder;
-pub use store::{NewProcess, SCHEMA_VERSION, Store, StoreError, StoredEvent, StoredProcess};
+pub use store::{
+    EngineRecord, Fence, NewProcess, Record, SCHEMA_VERSION, Store, StoreError, StoredEvent, StoredProcess,
+};

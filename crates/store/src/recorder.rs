@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use drover_core::{Recorder, State};
 
-use crate::checkpoint::{Checkpoint, encode};
 use crate::store::Store;
+use drover_kind::{Checkpoint, encode};
 
 /// Records a process's states in a [`Store`] as the runtime hands them over:
 /// each state is durable before the process takes its next step. If the store

@@ -11,8 +11,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::{mpsc, oneshot};
 
 /// The version of the schema this drover writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const MAGIC: &str = "drover-store";
+/// The columns of a process, as [`process`] reads them.
+const COLS: &str = "id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work";
 
 /// Why the store failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +43,10 @@ pub enum StoreError {
     /// A process id that is not there.
     #[error("process `{0}` does not exist")]
     Unknown(String),
+    /// A fenced write from an engine that no longer owns the process: another
+    /// engine took it over (this one's lease expired). Nothing was written.
+    #[error("process `{0}` is driven by another engine now; this engine's write was refused")]
+    Fenced(String),
     /// The database failed.
     #[error("{location}: {message}")]
     Db {
@@ -64,6 +70,87 @@ pub struct NewProcess {
     pub parent: Option<String>,
     /// Its first checkpoint (an envelope from [`crate::encode`]).
     pub checkpoint: String,
+    /// The engine that drives it from the start (epoch 1), or `None` for a
+    /// process any engine may claim.
+    pub owner: Option<String>,
+    /// The host it is bound to (local processes), if any.
+    pub host: Option<String>,
+    /// Where it runs (a computer), for claims that go by place.
+    pub place: Option<String>,
+}
+
+impl NewProcess {
+    /// A process of `kind` with its `spec` and first `checkpoint`, no parent,
+    /// owner, host or place.
+    pub fn new(id: impl Into<String>, kind: impl Into<String>, spec: String, checkpoint: String) -> NewProcess {
+        NewProcess {
+            id: id.into(),
+            kind: kind.into(),
+            spec,
+            parent: None,
+            checkpoint,
+            owner: None,
+            host: None,
+            place: None,
+        }
+    }
+}
+
+/// Which engine may write a process's checkpoints: its owner, at the epoch
+/// it claimed the process with. A write with a fence commits only while the
+/// process still has that owner and epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The engine's id.
+    pub owner: String,
+    /// The epoch of its claim.
+    pub epoch: i64,
+}
+
+/// A transition to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The new checkpoint.
+    pub checkpoint: String,
+    /// Whether the process is paused after it.
+    pub paused: bool,
+    /// Whether it is terminal.
+    pub terminal: bool,
+    /// Whether a terminal state leaves work to finish (a cancel to confirm).
+    pub pending_work: bool,
+    /// Children to insert in the same transaction (their parent is this process).
+    pub children: Vec<NewProcess>,
+    /// The writer's claim, if the write is fenced.
+    pub fence: Option<Fence>,
+}
+
+impl Record {
+    /// A plain transition: no children, no fence.
+    pub fn new(checkpoint: String, paused: bool, terminal: bool) -> Record {
+        Record { checkpoint, paused, terminal, pending_work: false, children: Vec::new(), fence: None }
+    }
+}
+
+/// An engine, as it registered in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineRecord {
+    /// Its id.
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i64,
+    /// When it registered (the database's clock, Unix milliseconds).
+    pub started_at: i64,
+    /// Until when its lease holds (the database's clock).
+    pub lease_until: i64,
+    /// Its pool: engines of one pool take over each other's processes
+    /// (`daemon`; a `drover run` is a pool of its own, `run:<id>`).
+    pub pool: String,
+    /// Whether its lease holds now.
+    pub live: bool,
+    /// How many unfinished processes it owns.
+    pub owns: i64,
 }
 
 /// A stored process.
@@ -91,6 +178,16 @@ pub struct StoredProcess {
     /// Why an engine could not load or resume it (a corrupt checkpoint, an
     /// unknown computer), if one could not.
     pub error: Option<String>,
+    /// The engine that owns it, if one does.
+    pub owner: Option<String>,
+    /// The epoch of its owner's claim (0: never claimed).
+    pub epoch: i64,
+    /// The host it is bound to, if any.
+    pub host: Option<String>,
+    /// Where it runs (a computer), if it says.
+    pub place: Option<String>,
+    /// Whether its terminal state left work to finish.
+    pub pending_work: bool,
 }
 
 /// One transition in a process's event log.
@@ -124,7 +221,7 @@ macro_rules! on_db {
 
 enum Write {
     Insert(NewProcess),
-    Record { id: String, checkpoint: String, paused: bool, terminal: bool },
+    Record { id: String, record: Record },
 }
 
 struct Request {
@@ -169,10 +266,17 @@ fn schema(serial_key: &str) -> Vec<String> {
             terminal BOOLEAN NOT NULL,
             created_at BIGINT NOT NULL,
             updated_at BIGINT NOT NULL,
-            error TEXT
+            error TEXT,
+            owner TEXT,
+            epoch BIGINT NOT NULL DEFAULT 0,
+            host TEXT,
+            place TEXT,
+            pending_work BOOLEAN NOT NULL DEFAULT FALSE
         )"
         .to_owned(),
         "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal".to_owned(),
+        "CREATE INDEX processes_parent ON processes (parent)".to_owned(),
+        ENGINES.to_owned(),
         format!(
             "CREATE TABLE events (
                 seq {serial_key},
@@ -183,6 +287,36 @@ fn schema(serial_key: &str) -> Vec<String> {
             )"
         ),
         "CREATE INDEX events_process ON events (process_id, seq)".to_owned(),
+        format!(
+            "INSERT INTO drover_meta (key, value) VALUES ('magic', '{MAGIC}'), ('schema_version', '{SCHEMA_VERSION}')"
+        ),
+    ]
+}
+
+const ENGINES: &str = "CREATE TABLE engines (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    lease_until BIGINT NOT NULL,
+    pool TEXT NOT NULL
+)";
+
+/// The steps from schema version 1 to 2 (ownership, children, places).
+fn migrate_1_to_2() -> Vec<String> {
+    vec![
+        "ALTER TABLE processes ADD COLUMN owner TEXT".to_owned(),
+        "ALTER TABLE processes ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0".to_owned(),
+        "ALTER TABLE processes ADD COLUMN host TEXT".to_owned(),
+        "ALTER TABLE processes ADD COLUMN place TEXT".to_owned(),
+        "ALTER TABLE processes ADD COLUMN pending_work BOOLEAN NOT NULL DEFAULT FALSE".to_owned(),
+        // Version 1 marked nothing: every terminal checkpoint with a pending
+        // cancel or delete is work to finish (the engine asks its kind, and
+        // clears the mark where there is none).
+        "UPDATE processes SET pending_work = TRUE WHERE terminal AND checkpoint LIKE '%_pending\":true%'".to_owned(),
+        "CREATE INDEX processes_parent ON processes (parent)".to_owned(),
+        ENGINES.to_owned(),
+        "UPDATE drover_meta SET value = '2' WHERE key = 'schema_version'".to_owned(),
     ]
 }
 
@@ -223,6 +357,7 @@ impl Store {
             }
         }
         let url = format!("sqlite://{}", path.display());
+        let mut judged = Judged::Create;
         // Look before touching: a read-only connection that sets no pragma
         // that would rewrite the file (switching to WAL changes its header).
         if path.exists() {
@@ -240,7 +375,7 @@ impl Store {
                 None
             };
             probe.close().await.map_err(db_err)?;
-            judge(&location, &tables, meta)?;
+            judged = judge(&location, &tables, meta)?;
         }
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(db_err)?
@@ -252,8 +387,10 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_err)?;
         let tables = sqlite_tables(&mut *pool.acquire().await.map_err(db_err)?).await.map_err(db_err)?;
         let db = Db::Sqlite(pool);
-        if judge(&location, &tables, None)? {
+        if judge(&location, &tables, None)? == Judged::Create {
             Store::create(&db, &location, &schema(SQLITE_SERIAL)).await?;
+        } else {
+            Store::migrate(&db, &location, judged).await?;
         }
         Ok(Store::start(db, location))
     }
@@ -293,26 +430,33 @@ impl Store {
             None
         };
         let db = Db::Postgres(pool);
-        if judge(&location, &ours, meta)? {
-            Store::create(&db, &location, &schema(POSTGRES_SERIAL)).await?;
+        match judge(&location, &ours, meta)? {
+            Judged::Create => Store::create(&db, &location, &schema(POSTGRES_SERIAL)).await?,
+            judged => Store::migrate(&db, &location, judged).await?,
         }
         Ok(Store::start(db, location))
     }
 
-    /// Creates the schema in an empty database, in one transaction.
-    async fn create(db: &Db, location: &str, schema: &[String]) -> Result<(), StoreError> {
+    /// Runs `statements` in one transaction (creating the schema in an empty
+    /// database, or one step of a migration).
+    async fn create(db: &Db, location: &str, statements: &[String]) -> Result<(), StoreError> {
         let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
         on_db!(db, pool => {
             let mut tx = pool.begin().await.map_err(db_err)?;
-            for statement in schema {
+            for statement in statements {
                 sqlx::query(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *tx).await.map_err(db_err)?;
             }
-            sqlx::query("INSERT INTO drover_meta (key, value) VALUES ('magic', 'drover-store'), ('schema_version', '1')")
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
         });
+        Ok(())
+    }
+
+    /// Brings an existing store to this schema version, one transaction per
+    /// step.
+    async fn migrate(db: &Db, location: &str, judged: Judged) -> Result<(), StoreError> {
+        if judged == Judged::Existing(1) {
+            Store::create(db, location, &migrate_1_to_2()).await?;
+        }
         Ok(())
     }
 
@@ -351,7 +495,199 @@ impl Store {
     ///
     /// [`StoreError::Unknown`] if there is no such process, [`StoreError::Db`].
     pub async fn record(&self, id: &str, checkpoint: String, paused: bool, terminal: bool) -> Result<(), StoreError> {
-        self.write(Write::Record { id: id.to_owned(), checkpoint, paused, terminal }).await
+        self.write(Write::Record { id: id.to_owned(), record: Record::new(checkpoint, paused, terminal) }).await
+    }
+
+    /// Records a transition with all it may carry: children inserted in the
+    /// same transaction, a mark of work left to finish, and a fence (the
+    /// write commits only while the writer still owns the process). Durable
+    /// when it returns.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Fenced`] when another engine owns the process now (then
+    /// nothing of it is written), [`StoreError::Duplicate`] when a child's id
+    /// is another process's, [`StoreError::Unknown`], [`StoreError::Db`].
+    pub async fn commit_record(&self, id: &str, record: Record) -> Result<(), StoreError> {
+        self.write(Write::Record { id: id.to_owned(), record }).await
+    }
+
+    /// The database's clock now, in Unix milliseconds: the clock every lease
+    /// is timed by, whichever machine asks.
+    fn now_sql(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000 AS BIGINT)",
+            Db::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// Registers engine `id` (or renews it, if it registered before) with a
+    /// lease of `lease_ms` from the database's clock now.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn register_engine(
+        &self,
+        id: &str,
+        host: &str,
+        pid: u32,
+        pool: &str,
+        lease_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = self.now_sql();
+        let sql = format!(
+            "INSERT INTO engines (id, host, pid, started_at, lease_until, pool) VALUES ($1, $2, $3, {now}, {now} + $4, $5)
+             ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+             lease_until = excluded.lease_until, pool = excluded.pool"
+        );
+        on_db!(&self.db, db => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(host).bind(i64::from(pid)).bind(lease_ms).bind(pool)
+                .execute(db).await.map_err(|e| self.db_err(e))?;
+        });
+        Ok(())
+    }
+
+    /// Renews engine `id`'s lease for `lease_ms` from the database's clock
+    /// now, if it still holds: `false` when it had expired (others may have
+    /// claimed its processes; the engine must stop driving them).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn heartbeat(&self, id: &str, lease_ms: i64) -> Result<bool, StoreError> {
+        let now = self.now_sql();
+        let sql = format!("UPDATE engines SET lease_until = {now} + $1 WHERE id = $2 AND lease_until >= {now}");
+        let updated = on_db!(&self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_ms).bind(id).execute(pool).await.map_err(|e| self.db_err(e))?.rows_affected()
+        });
+        Ok(updated == 1)
+    }
+
+    /// Ends engine `id`'s lease now (a clean stop), so that another engine
+    /// may take its processes over at once.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn release_engine(&self, id: &str) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => {
+            sqlx::query("UPDATE engines SET lease_until = 0 WHERE id = $1").bind(id).execute(pool).await.map_err(|e| self.db_err(e))?;
+        });
+        Ok(())
+    }
+
+    /// Every engine that registered, with whether its lease holds and how
+    /// many unfinished processes it owns.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn engines(&self) -> Result<Vec<EngineRecord>, StoreError> {
+        let now = self.now_sql();
+        let sql = format!(
+            "SELECT e.id, e.host, e.pid, e.started_at, e.lease_until, e.pool, e.lease_until >= {now} AS live,
+                    (SELECT COUNT(*) FROM processes p WHERE p.owner = e.id AND NOT p.terminal) AS owns
+             FROM engines e ORDER BY e.started_at, e.id"
+        );
+        Ok(on_db!(&self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(|r| EngineRecord {
+                id: r.get(0), host: r.get(1), pid: r.get(2), started_at: r.get(3), lease_until: r.get(4), pool: r.get(5),
+                live: r.get(6), owns: r.get(7),
+            }).collect()
+        }))
+    }
+
+    /// Claims for engine `owner` of `pool` up to `limit` unfinished processes
+    /// that are its own already, that nobody owns (pool `daemon` only), or
+    /// whose owner, of the same pool, let its lease expire, oldest first: each claimed one's epoch
+    /// goes up by one, which fences every later write of its former owner.
+    /// Children are claimed with their parents' families: a process whose
+    /// parent is unfinished is claimed only with it (in the same call).
+    /// On PostgreSQL, rows another engine is claiming are skipped (`FOR
+    /// UPDATE SKIP LOCKED`), so engines claiming at once never wait on each
+    /// other nor claim the same process.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn claim(&self, owner: &str, pool: &str, limit: i64) -> Result<Vec<StoredProcess>, StoreError> {
+        let now = self.now_sql();
+        let lock = match self.db {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => "FOR UPDATE OF p SKIP LOCKED",
+        };
+        let who = format!(
+            "(p.owner = $1 OR (p.owner IS NULL AND $3 = 'daemon')
+              OR EXISTS (SELECT 1 FROM engines e WHERE e.id = p.owner AND e.pool = $3 AND e.lease_until < {now}))"
+        );
+        let root =
+            "(p.parent IS NULL OR NOT EXISTS (SELECT 1 FROM processes q WHERE q.id = p.parent AND NOT q.terminal))";
+        let roots_sql = format!(
+            "UPDATE processes SET owner = $1, epoch = epoch + 1 WHERE id IN (
+                SELECT p.id FROM processes p WHERE NOT p.terminal AND {who} AND {root}
+                ORDER BY p.created_at, p.id LIMIT $2 {lock}
+             ) RETURNING {COLS}"
+        );
+        let db_err = |e: sqlx::Error| self.db_err(e);
+        let mut claimed: Vec<StoredProcess> = on_db!(&self.db, db => {
+            let mut tx = db.begin().await.map_err(db_err)?;
+            let mut claimed: Vec<StoredProcess> = sqlx::query(sqlx::AssertSqlSafe(roots_sql))
+                .bind(owner).bind(limit).bind(pool).fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(process).collect();
+            // Their unfinished descendants, with them.
+            let mut parents: Vec<String> = claimed.iter().map(|p| p.id.clone()).collect();
+            while !parents.is_empty() {
+                let mut next = Vec::new();
+                for chunk in parents.chunks(CHUNK) {
+                    let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                    let sql = format!("UPDATE processes SET owner = $1, epoch = epoch + 1 WHERE NOT terminal AND parent IN ({list}) RETURNING {COLS}");
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    let children: Vec<StoredProcess> = query.fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(process).collect();
+                    next.extend(children.iter().map(|c| c.id.clone()));
+                    claimed.extend(children);
+                }
+                parents = next;
+            }
+            tx.commit().await.map_err(db_err)?;
+            claimed
+        });
+        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(claimed)
+    }
+
+    /// Terminal processes whose state left work to finish (a cancel or a
+    /// delete to confirm) that engine `owner` of `pool` may take up (as
+    /// [`claim`](Self::claim) decides): after a restart.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn pending_work(&self, owner: &str, pool: &str) -> Result<Vec<StoredProcess>, StoreError> {
+        let now = self.now_sql();
+        let sql = format!(
+            "SELECT {COLS} FROM processes p WHERE terminal AND pending_work
+             AND (p.owner = $1 OR (p.owner IS NULL AND $2 = 'daemon')
+                  OR EXISTS (SELECT 1 FROM engines e WHERE e.id = p.owner AND e.pool = $2 AND e.lease_until < {now}))
+             ORDER BY created_at, id"
+        );
+        Ok(on_db!(&self.db, db => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner).bind(pool).fetch_all(db).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
+        }))
+    }
+
+    /// The children of `parent`, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn children(&self, parent: &str) -> Result<Vec<StoredProcess>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM processes WHERE parent = $1 ORDER BY created_at, id");
+        Ok(on_db!(&self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(parent).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
+        }))
     }
 
     /// Marks a process that an engine could not load or resume, keeping its
@@ -382,7 +718,7 @@ impl Store {
     ///
     /// [`StoreError::Db`].
     pub async fn get(&self, id: &str) -> Result<Option<StoredProcess>, StoreError> {
-        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work
                            FROM processes WHERE id = $1";
         let row = on_db!(&self.db, pool => {
             sqlx::query(SQL).bind(id).fetch_optional(pool).await.map_err(|e| self.db_err(e))?.map(|r| process(&r))
@@ -396,7 +732,7 @@ impl Store {
     ///
     /// [`StoreError::Db`].
     pub async fn unfinished(&self) -> Result<Vec<StoredProcess>, StoreError> {
-        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work
                            FROM processes WHERE NOT terminal ORDER BY created_at, id";
         Ok(on_db!(&self.db, pool => {
             sqlx::query(SQL).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
@@ -409,28 +745,10 @@ impl Store {
     ///
     /// [`StoreError::Db`].
     pub async fn list(&self) -> Result<Vec<StoredProcess>, StoreError> {
-        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
+        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work
                            FROM processes ORDER BY created_at, id";
         Ok(on_db!(&self.db, pool => {
             sqlx::query(SQL).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
-        }))
-    }
-
-    /// Terminal processes of `kind` whose latest checkpoint contains `marker`
-    /// (a fragment of its JSON): for work left to finish after the end, such
-    /// as a cancel that was still to be confirmed when the engine stopped.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Db`].
-    pub async fn terminal_marked(&self, kind: &str, marker: &str) -> Result<Vec<StoredProcess>, StoreError> {
-        const SQL: &str = "SELECT id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error
-                           FROM processes WHERE kind = $1 AND terminal AND checkpoint LIKE $2 ORDER BY created_at, id";
-        // A LIKE pattern: `_` in the marker matches any one character, which
-        // only widens the match; callers decode and check what they get.
-        let pattern = format!("%{marker}%");
-        Ok(on_db!(&self.db, pool => {
-            sqlx::query(SQL).bind(kind).bind(&pattern).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
         }))
     }
 
@@ -494,20 +812,28 @@ where
         .collect())
 }
 
+/// What to do with a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    /// It is empty: create the schema.
+    Create,
+    /// It is a store of this schema version (0: not read).
+    Existing(u32),
+}
+
 /// Decides what to do with a database that has `tables` (and, if it has
-/// `drover_meta`, those rows): `Ok(true)` to create the schema in an empty
-/// one, `Ok(false)` to use an existing store, or a refusal.
-fn judge(location: &str, tables: &[String], meta: Option<Vec<(String, String)>>) -> Result<bool, StoreError> {
+/// `drover_meta`, those rows), or refuses it.
+fn judge(location: &str, tables: &[String], meta: Option<Vec<(String, String)>>) -> Result<Judged, StoreError> {
     if !tables.iter().any(|t| t == "drover_meta") {
         if tables.is_empty() {
-            return Ok(true);
+            return Ok(Judged::Create);
         }
         return Err(StoreError::NotAStore {
             location: location.to_owned(),
             problem: format!("it has other tables: {}", tables.join(", ")),
         });
     }
-    let Some(rows) = meta else { return Ok(false) };
+    let Some(rows) = meta else { return Ok(Judged::Existing(0)) };
     let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     if get("magic").as_deref() != Some(MAGIC) {
         return Err(StoreError::NotAStore {
@@ -519,9 +845,7 @@ fn judge(location: &str, tables: &[String], meta: Option<Vec<(String, String)>>)
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew { location: location.to_owned(), found, known: SCHEMA_VERSION });
     }
-    // Version 1 is the first: nothing to migrate yet. Later versions add
-    // their steps here, each in its own transaction.
-    Ok(false)
+    Ok(Judged::Existing(found))
 }
 
 fn process<R: Row>(r: &R) -> StoredProcess
@@ -543,6 +867,11 @@ where
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         error: r.get("error"),
+        owner: r.get("owner"),
+        epoch: r.get("epoch"),
+        host: r.get("host"),
+        place: r.get("place"),
+        pending_work: r.get("pending_work"),
     }
 }
 
@@ -591,85 +920,156 @@ fn placeholders(rows: usize, width: usize) -> String {
 
 /// Commits a group in one transaction, with a few multi-row statements per
 /// chunk of requests: which ids exist, the new process rows, the updated
-/// process rows, and the event rows. A request that fails on its own (a
-/// duplicate id, an unknown process) gets its error; the others commit.
+/// process rows (fenced ones only where their owner and epoch still hold),
+/// the children of the updated ones, and the event rows. A request that
+/// fails on its own (a duplicate id, an unknown process, a stale fence) gets
+/// its error and writes nothing; the others commit.
 async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
     let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
     let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_db!(db, pool => async {
         let mut tx = pool.begin().await.map_err(db_err)?;
         let mut results = Vec::with_capacity(group.len());
         for chunk in group.chunks(CHUNK) {
-            let id = |r: &Request| match &r.write {
-                Write::Insert(p) => p.id.clone(),
-                Write::Record { id, .. } => id.clone(),
-            };
-            // Which ids exist already.
-            let ids: Vec<String> = chunk.iter().map(id).collect();
-            let sql = format!("SELECT id FROM processes WHERE id IN ({})", (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in &ids {
-                query = query.bind(id);
+            // Which ids exist already (with their parents), of processes and children.
+            let mut ids: Vec<&str> = Vec::new();
+            for r in chunk {
+                match &r.write {
+                    Write::Insert(p) => ids.push(&p.id),
+                    Write::Record { id, record } => {
+                        ids.push(id);
+                        ids.extend(record.children.iter().map(|c| c.id.as_str()));
+                    }
+                }
             }
-            let existing: std::collections::HashSet<String> =
-                query.fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
+            let mut existing: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+            for part in ids.chunks(CHUNK) {
+                let sql = format!("SELECT id, parent FROM processes WHERE id IN ({})", (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in part {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut *tx).await.map_err(db_err)? {
+                    existing.insert(row.get::<String, _>(0), row.get::<Option<String>, _>(1));
+                }
+            }
 
-            let mut inserts = Vec::new();
+            let first = results.len();
+            let mut inserts: Vec<(&NewProcess, Option<&str>, i64)> = Vec::new();
             let mut records = Vec::new();
-            let mut events = Vec::new();
             let mut seen = std::collections::HashSet::new();
-            for request in chunk {
+            for (n, request) in chunk.iter().enumerate() {
                 let result = match &request.write {
-                    Write::Insert(p) if existing.contains(&p.id) || !seen.insert(p.id.clone()) => {
+                    Write::Insert(p) if existing.contains_key(&p.id) || !seen.insert(p.id.clone()) => {
                         Err(StoreError::Duplicate(p.id.clone()))
                     }
                     Write::Insert(p) => {
-                        inserts.push((p, request.at));
-                        events.push((&p.id, &p.checkpoint, false, request.at));
+                        inserts.push((p, None, request.at));
                         Ok(())
                     }
-                    Write::Record { id, .. } if !existing.contains(id) && !seen.contains(id) => {
+                    Write::Record { id, .. } if !existing.contains_key(id) && !seen.contains(id) => {
                         Err(StoreError::Unknown(id.clone()))
                     }
-                    Write::Record { id, checkpoint, paused, terminal } => {
-                        records.push((id, checkpoint, *paused, *terminal, request.at));
-                        events.push((id, checkpoint, *paused, request.at));
-                        Ok(())
+                    Write::Record { id, record } => {
+                        // A child recorded before (the same step run again
+                        // after a crash cannot, but a retried write can) is
+                        // left as it is; another process's id is refused.
+                        let taken = record.children.iter().find(|c| match existing.get(&c.id) {
+                            Some(parent) => parent.as_deref() != Some(id.as_str()),
+                            None => seen.contains(&c.id),
+                        });
+                        match taken {
+                            Some(c) => Err(StoreError::Duplicate(c.id.clone())),
+                            None => {
+                                for c in &record.children {
+                                    seen.insert(c.id.clone());
+                                }
+                                records.push((n, id, record, request.at));
+                                Ok(())
+                            }
+                        }
                     }
                 };
                 results.push(result);
             }
-            if !inserts.is_empty() {
-                let sql = format!(
-                    "INSERT INTO processes (id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at) VALUES {}",
-                    placeholders(inserts.len(), 9)
-                );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (p, at) in &inserts {
-                    query = query.bind(&p.id).bind(&p.kind).bind(&p.spec).bind(&p.parent).bind(&p.checkpoint)
-                        .bind(false).bind(false).bind(*at).bind(*at);
-                }
-                query.execute(&mut *tx).await.map_err(db_err)?;
-            }
             if !records.is_empty() {
                 // VALUES columns are `column1`, `column2`, ... in SQLite and PostgreSQL alike.
                 let sql = format!(
-                    "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5
-                     FROM (VALUES {}) AS v WHERE processes.id = v.column1",
-                    placeholders(records.len(), 5)
+                    "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
+                     pending_work = v.column6
+                     FROM (VALUES {}) AS v
+                     WHERE processes.id = v.column1 AND (v.column7 = '' OR (processes.owner = v.column7 AND processes.epoch = v.column8))
+                     RETURNING processes.id",
+                    placeholders(records.len(), 8)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, checkpoint, paused, terminal, at) in &records {
-                    query = query.bind(*id).bind(*checkpoint).bind(*paused).bind(*terminal).bind(*at);
+                for (_, id, r, at) in &records {
+                    let (owner, epoch) = r.fence.as_ref().map_or(("", 0), |f| (f.owner.as_str(), f.epoch));
+                    query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at)
+                        .bind(r.pending_work).bind(owner).bind(epoch);
+                }
+                // A process inserted in this very group is not updated yet: updated below, after the inserts.
+                let updated: std::collections::HashSet<String> =
+                    query.fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
+                records.retain(|(n, id, _, _)| {
+                    if updated.contains(*id) || !existing.contains_key(*id) {
+                        true
+                    } else {
+                        results[first + n] = Err(StoreError::Fenced((*id).clone()));
+                        false
+                    }
+                });
+            }
+            let mut events: Vec<(&str, &str, bool, i64)> = Vec::new();
+            for (p, _, at) in &inserts {
+                events.push((&p.id, &p.checkpoint, false, *at));
+            }
+            let mut children: Vec<(&NewProcess, Option<&str>, i64)> = Vec::new();
+            for (_, id, r, at) in &records {
+                for c in &r.children {
+                    if !existing.contains_key(&c.id) {
+                        children.push((c, Some(id.as_str()), *at));
+                        events.push((&c.id, &c.checkpoint, false, *at));
+                    }
+                }
+                events.push((id, &r.checkpoint, r.paused, *at));
+            }
+            inserts.extend(children);
+            for part in inserts.chunks(CHUNK / 2) {
+                let sql = format!(
+                    "INSERT INTO processes (id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, owner, epoch, host, place)
+                     VALUES {}",
+                    placeholders(part.len(), 13)
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (p, parent, at) in part {
+                    let parent = parent.map(str::to_owned).or_else(|| p.parent.clone());
+                    let epoch: i64 = if p.owner.is_some() { 1 } else { 0 };
+                    query = query.bind(&p.id).bind(&p.kind).bind(&p.spec).bind(parent).bind(&p.checkpoint)
+                        .bind(false).bind(false).bind(*at).bind(*at).bind(&p.owner).bind(epoch).bind(&p.host).bind(&p.place);
                 }
                 query.execute(&mut *tx).await.map_err(db_err)?;
             }
-            if !events.is_empty() {
+            // Records of processes inserted in this same group.
+            let fresh: Vec<_> = records.iter().filter(|(_, id, _, _)| !existing.contains_key(*id)).collect();
+            if !fresh.is_empty() {
                 let sql = format!(
-                    "INSERT INTO events (process_id, checkpoint, paused, at) VALUES {}",
-                    placeholders(events.len(), 4)
+                    "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
+                     pending_work = v.column6 FROM (VALUES {}) AS v WHERE processes.id = v.column1",
+                    placeholders(fresh.len(), 6)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, checkpoint, paused, at) in &events {
+                for (_, id, r, at) in fresh {
+                    query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at).bind(r.pending_work);
+                }
+                query.execute(&mut *tx).await.map_err(db_err)?;
+            }
+            for part in events.chunks(CHUNK) {
+                let sql = format!(
+                    "INSERT INTO events (process_id, checkpoint, paused, at) VALUES {}",
+                    placeholders(part.len(), 4)
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, checkpoint, paused, at) in part {
                     query = query.bind(*id).bind(*checkpoint).bind(*paused).bind(*at);
                 }
                 query.execute(&mut *tx).await.map_err(db_err)?;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use drover_core::{DriveMode, Process, spawn_recorded};
-use drover_scheduler::JobState;
 use drover_shell::{Governor, ShellProcess, ShellSpec, ShellState};
 use drover_store::{CheckpointError, NewProcess, Store, StoreError, StoreRecorder, decode, encode};
 use tokio::task::LocalSet;
@@ -45,13 +44,7 @@ async fn open(backend: &Backend, dir: &std::path::Path) -> Store {
 }
 
 fn new_process(id: &str) -> NewProcess {
-    NewProcess {
-        id: id.into(),
-        kind: "shell".into(),
-        spec: r#"{"program":"true"}"#.into(),
-        parent: None,
-        checkpoint: encode(&ShellState::Queued),
-    }
+    NewProcess::new(id, "shell", r#"{"program":"true"}"#.into(), encode(&ShellState::Queued))
 }
 
 async fn records_and_reads(backend: Backend) {
@@ -183,40 +176,7 @@ async fn postgres_a_running_process_records_every_state() {
     a_running_process_records_every_state(Backend::Postgres).await;
 }
 
-// --- Versioned checkpoints ---------------------------------------------------
-
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-#[test]
-fn golden_fixtures_pin_each_checkpoint_version() {
-    let shell = ShellState::Finished { exit_code: 3, ran_for: Duration::from_millis(2500) };
-    // Version 1, from before `Starting`, reads through its upgrade.
-    assert_eq!(decode::<ShellState>(&fixture("shell-v1.json")).unwrap(), shell);
-    assert_eq!(decode::<ShellState>(&fixture("shell-v2.json")).unwrap(), shell);
-    assert_eq!(encode(&shell), fixture("shell-v2.json"), "the shell checkpoint format changed: bump its version");
-    assert_eq!(decode::<ShellState>(&fixture("shell-v2-starting.json")).unwrap(), ShellState::Starting);
-
-    let job = JobState::Stalled {
-        resume: Box::new(JobState::Submitting { job_name: "drover-relax-42".into() }),
-        error: "cannot reach login.example: connection refused".into(),
-    };
-    assert_eq!(decode::<JobState>(&fixture("scheduler-v1.json")).unwrap(), job);
-    assert_eq!(encode(&job), fixture("scheduler-v1.json"), "the scheduler checkpoint format changed: bump its version");
-}
-
-#[test]
-fn newer_and_corrupt_checkpoints_are_refused_loudly() {
-    assert_eq!(
-        decode::<ShellState>(&fixture("shell-v99.json")),
-        Err(CheckpointError::TooNew { kind: "shell".into(), found: 99, known: 2 })
-    );
-    let e = decode::<ShellState>("{\"v\":1,\"state\":{\"Running\":{}}}").unwrap_err();
-    assert!(matches!(&e, CheckpointError::Corrupt { kind, .. } if kind == "shell"), "{e}");
-    assert!(decode::<ShellState>("garbage").unwrap_err().to_string().contains("not JSON"));
-    assert!(decode::<ShellState>("{\"state\":\"Queued\"}").unwrap_err().to_string().contains("no version"));
-}
+// --- Checkpoints, as the store keeps them -------------------------------------
 
 #[tokio::test]
 async fn a_corrupt_checkpoint_concerns_only_its_process() {
@@ -227,7 +187,7 @@ async fn a_corrupt_checkpoint_concerns_only_its_process() {
         store.insert(new_process(id)).await.unwrap();
     }
     store.record("bad", "{\"v\":1,\"state\":{\"Nonsense\":1}}".into(), false, false).await.unwrap();
-    store.record("newer", fixture("shell-v99.json"), false, false).await.unwrap();
+    store.record("newer", "{\"state\":\"Queued\",\"v\":99}".into(), false, false).await.unwrap();
     let loaded: Vec<(String, Result<ShellState, CheckpointError>)> =
         store.unfinished().await.unwrap().into_iter().map(|p| (p.id, decode(&p.checkpoint))).collect();
     assert_eq!(loaded.len(), 3);
@@ -278,7 +238,55 @@ async fn a_store_from_a_newer_drover_is_refused() {
         pool.close().await;
     }
     let e = Store::open(path.to_str().unwrap()).await.unwrap_err();
-    assert!(matches!(e, StoreError::TooNew { found: 7, known: 1, .. }), "{e}");
+    assert!(matches!(e, StoreError::TooNew { found: 7, known: drover_store::SCHEMA_VERSION, .. }), "{e}");
+}
+
+/// A store as drover wrote it with schema version 1 (before owners,
+/// children's index and marks of work left to finish).
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE drover_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE processes (id TEXT PRIMARY KEY, kind TEXT NOT NULL, spec TEXT NOT NULL, parent TEXT REFERENCES processes(id),
+        checkpoint TEXT NOT NULL, paused BOOLEAN NOT NULL, terminal BOOLEAN NOT NULL, created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL, error TEXT)",
+    "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal",
+    "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, process_id TEXT NOT NULL REFERENCES processes(id),
+        at BIGINT NOT NULL, checkpoint TEXT NOT NULL, paused BOOLEAN NOT NULL)",
+    "CREATE INDEX events_process ON events (process_id, seq)",
+    "INSERT INTO drover_meta (key, value) VALUES ('magic', 'drover-store'), ('schema_version', '1')",
+    r#"INSERT INTO processes VALUES ('run', 'shell', '{"kind":"shell","spec":{}}', NULL, '{"state":"Queued","v":2}', 0, 0, 1, 1, NULL)"#,
+    r#"INSERT INTO processes VALUES ('k', 'scheduler', '{}', NULL,
+        '{"state":{"Killed":{"cancel_pending":true,"job_id":"7"}},"v":1}', 0, 1, 1, 2, NULL)"#,
+    r#"INSERT INTO events (process_id, at, checkpoint, paused) VALUES ('run', 1, '{"state":"Queued","v":2}', 0)"#,
+];
+
+#[tokio::test]
+async fn a_version_1_store_is_migrated_keeping_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        for statement in SCHEMA_V1 {
+            sqlx::query(sqlx::AssertSqlSafe(*statement)).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    let run = store.get("run").await.unwrap().unwrap();
+    assert_eq!((run.checkpoint.as_str(), run.owner, run.epoch, run.terminal), (r#"{"state":"Queued","v":2}"#, None, 0, false));
+    assert_eq!(store.events("run").await.unwrap().len(), 1);
+    // The unconfirmed cancel is work left to finish, for whichever engine recovers.
+    let k = store.get("k").await.unwrap().unwrap();
+    assert!(k.pending_work && k.terminal);
+    assert_eq!(store.pending_work("e1", "daemon").await.unwrap().len(), 1);
+    // An unowned process of version 1 is claimed by the first engine that asks.
+    store.register_engine("e1", "host", 1, "daemon", 10_000).await.unwrap();
+    let claimed = store.claim("e1", "daemon", 100).await.unwrap();
+    assert_eq!(claimed.iter().map(|p| (p.id.as_str(), p.epoch)).collect::<Vec<_>>(), [("run", 1)]);
+    drop(store);
+    // Opening it again changes nothing more.
+    let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(store.get("run").await.unwrap().unwrap().owner.as_deref(), Some("e1"));
 }
 
 #[tokio::test]

@@ -2,29 +2,40 @@
 //! opens a SQLite store, resumes what is unfinished, submits whatever of its
 //! workload is not in the store yet, and runs everything to the end.
 //!
-//! `crash-engine STORE WORK TAG SHELL_JOBS SLURM_JOBS`
+//! `crash-engine STORE WORK TAG SHELL_JOBS SLURM_JOBS [GROUP_CHILDREN]`
 //!
 //! Shell job `s<i>` appends its id to `WORK/marker` once and sleeps 2 s; SLURM
 //! job `j<i>` runs through `ssh drover-test-host`, prints its id and sleeps 5 s:
-//! long enough, with 8 at a time, for the harness to kill the engine ten times. Exits 0 when every
-//! process succeeded.
+//! long enough, with 8 at a time, for the harness to kill the engine ten times.
+//! With `GROUP_CHILDREN`, a group `g` fans out to that many shell children
+//! `g.c<i>`, two per checkpoint, each appending its id to `WORK/marker` once.
+//! Exits 0 when every process succeeded.
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use drover_engine::{Engine, Job};
-use drover_scheduler::{AnyScheduler, AnyTransport, Computer, JobSpec, RetryPolicy, Slurm, Ssh, SshConfig};
-use drover_shell::{Governor, Output, ShellSpec};
+use drover_engine::{Engine, Identity, Job, Kinds};
+use drover_group::{GroupJob, GroupKind, Member};
+use drover_scheduler::{
+    AnyScheduler, AnyTransport, Computer, JobSpec, RetryPolicy, SchedulerJob, SchedulerKind, Slurm, Ssh, SshConfig,
+};
+use drover_shell::{Governor, Output, ShellEnv, ShellJob, ShellKind, ShellSpec};
 use drover_store::Store;
 use tokio::task::LocalSet;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, store, work, tag, shells, slurms] = &args[..] else {
-        eprintln!("usage: crash-engine STORE WORK TAG SHELL_JOBS SLURM_JOBS");
-        std::process::exit(2);
+    let (store, work, tag, shells, slurms, group) = match &args[..] {
+        [_, store, work, tag, shells, slurms] => (store, work, tag, shells, slurms, "0"),
+        [_, store, work, tag, shells, slurms, group] => (store, work, tag, shells, slurms, group.as_str()),
+        _ => {
+            eprintln!("usage: crash-engine STORE WORK TAG SHELL_JOBS SLURM_JOBS [GROUP_CHILDREN]");
+            std::process::exit(2);
+        }
     };
+    let group: usize = group.parse().unwrap();
     let work = std::path::PathBuf::from(work);
     let (shells, slurms): (usize, usize) = (shells.parse().unwrap(), slurms.parse().unwrap());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -42,7 +53,13 @@ fn main() {
             )
             .with_retry(RetryPolicy { attempts: 5, first_delay: Duration::from_millis(500) });
             let computers = HashMap::from([("cluster".to_owned(), cluster)]);
-            let engine = Engine::new(store.clone(), local, Governor::new(8), computers, work.join("run"));
+            let kinds = Kinds::new()
+                .with::<ShellKind>(ShellEnv { governor: Governor::new(8), run_root: work.join("run") })
+                .with::<SchedulerKind>(Arc::new(computers))
+                .with::<GroupKind>(());
+            // The same engine each time: it takes its own processes back at once.
+            let identity = Identity { id: format!("crash-engine-{tag}"), ..Identity::fresh("daemon") };
+            let engine = Engine::with_identity(store.clone(), local, kinds, identity);
             let recovery = engine.recover().await.expect("recover");
             eprintln!("resumed {} processes, {} could not be loaded", recovery.resumed.len(), recovery.failed.len());
             for i in 0..shells {
@@ -53,7 +70,7 @@ fn main() {
                     let mut spec = spec;
                     spec.args.push(id.clone());
                     spec.args.push(work.join("marker").display().to_string());
-                    engine.submit(&id, Job::Shell { spec }).await.expect("submit");
+                    engine.submit(&id, Job::new::<ShellKind>(&ShellJob { spec })).await.expect("submit");
                 }
             }
             for i in 0..slurms {
@@ -66,8 +83,24 @@ fn main() {
                         local_dir: work.join("slurm").join(&id),
                         ..JobSpec::default()
                     };
-                    engine.submit(&id, Job::Scheduler { computer: "cluster".into(), spec }).await.expect("submit");
+                    engine
+                        .submit(&id, Job::new::<SchedulerKind>(&SchedulerJob { computer: "cluster".into(), spec }))
+                        .await
+                        .expect("submit");
                 }
+            }
+            if group > 0 && store.get("g").await.unwrap().is_none() {
+                let marker = work.join("marker").display().to_string();
+                let jobs = (0..group)
+                    .map(|i| {
+                        let spec = ShellSpec::program("sh", ["-c", "echo \"$1\" >> \"$2\"", "sh"]);
+                        let mut spec = spec;
+                        spec.args.push(format!("g.c{i}"));
+                        spec.args.push(marker.clone());
+                        Member { name: format!("c{i}"), job: Job::new::<ShellKind>(&ShellJob { spec }) }
+                    })
+                    .collect();
+                engine.submit("g", Job::new::<GroupKind>(&GroupJob { jobs, batch: Some(2) })).await.expect("submit");
             }
             let outcomes = engine.wait_all().await;
             let failed: Vec<_> = outcomes.iter().filter(|(_, o)| !o.succeeded()).collect();

@@ -8,7 +8,7 @@ use serde_json::Value;
 /// A state that can be checkpointed. Its JSON is stored in an envelope
 /// `{"v": VERSION, "state": ...}`. When the format changes, bump `VERSION`,
 /// teach [`upgrade`](Checkpoint::upgrade) the old one, and keep a golden
-/// fixture of every version in `tests/fixtures/`.
+/// fixture of every version in the kind's `tests/fixtures/`.
 pub trait Checkpoint: Serialize + DeserializeOwned {
     /// The process kind, as stored with each process.
     const KIND: &'static str;
@@ -96,30 +96,4 @@ pub fn decode<T: Checkpoint>(text: &str) -> Result<T, CheckpointError> {
         state
     };
     serde_json::from_value(state).map_err(|e| corrupt(e.to_string()))
-}
-
-#[cfg(feature = "shell")]
-impl Checkpoint for drover_shell::ShellState {
-    const KIND: &'static str = "shell";
-    /// 2 added `Starting` (durable shell processes); 1 reads as it is.
-    const VERSION: u32 = 2;
-
-    fn upgrade(version: u32, state: Value) -> Result<Value, String> {
-        match version {
-            1 => Ok(state),
-            other => Err(format!("no shell checkpoint version {other} ever existed")),
-        }
-    }
-}
-
-#[cfg(feature = "scheduler")]
-impl Checkpoint for drover_scheduler::JobState {
-    const KIND: &'static str = "scheduler";
-    const VERSION: u32 = 1;
-}
-
-#[cfg(feature = "cloud")]
-impl Checkpoint for drover_cloud::CloudState {
-    const KIND: &'static str = "cloud";
-    const VERSION: u32 = 1;
 }
