@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use drover_daemon::api::{Info, ProcessList};
+use drover_daemon::api::{Engines, Info, ProcessList};
 use drover_daemon::{Client, DaemonConfig, Paths, Target};
 
 use crate::{EXIT_BAD_INPUT, EXIT_NO_DAEMON, config, fmt};
@@ -29,6 +29,11 @@ pub(crate) struct DaemonOptions {
     /// the data directory].
     #[arg(long, value_name = "LOCATION")]
     store: Option<String>,
+    /// How long this daemon's claim on its processes holds without a
+    /// heartbeat (1 to 3600 s): daemons sharing a store take over a dead
+    /// one's processes this long after it stopped answering.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_secs: u64,
 }
 
 /// How `daemon start` hands the store's location to the daemon.
@@ -58,6 +63,7 @@ pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> Exi
         data_dir: data.to_path_buf(),
         store: options.store.or_else(|| std::env::var(STORE_ENV).ok()),
         jobs: options.jobs,
+        lease: std::time::Duration::from_secs(options.lease_secs),
         http: options.http,
         allow_non_loopback: options.allow_non_loopback,
     };
@@ -127,6 +133,7 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
     if let Some(jobs) = options.jobs {
         args.extend(["--jobs".into(), jobs.to_string()]);
     }
+    args.extend(["--lease-secs".into(), options.lease_secs.to_string()]);
     // Not on the command line, where any local user could read a password.
     let store = options.store;
     let spawned = std::env::current_exe().and_then(|exe| {
@@ -272,6 +279,15 @@ pub(crate) fn status(data: &Path, json: bool) -> ExitCode {
     println!("  log:       {}", paths.log().display());
     let computers = if info.computers.is_empty() { "none".to_owned() } else { info.computers.join(", ") };
     println!("  computers: {computers}");
+    if let Ok(engines) = rt.block_on(client.get::<Engines>("/v1/engines")) {
+        println!("  engines:   {} live on the store", engines.engines.iter().filter(|e| e.live).count());
+        for e in &engines.engines {
+            let this = if e.id == engines.this { " (this one)" } else { "" };
+            let places = if e.places.is_empty() { String::new() } else { format!(", holds {}", e.places.join(", ")) };
+            let state = if e.live { "live" } else { "gone" };
+            println!("    {}{this}: {state}, {} on {} (pid {}), owns {}{places}", e.id, e.pool, e.host, e.pid, e.owns);
+        }
+    }
     let total: usize = counts.values().sum();
     let per: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     println!("  processes: {total}{}", if per.is_empty() { String::new() } else { format!(" ({})", per.join(", ")) });

@@ -22,17 +22,31 @@ pub(crate) struct FilterArgs {
     /// failed, killed, ...; `active`: every one that has not ended).
     #[arg(long)]
     state: Option<String>,
-    /// Only processes of this kind (shell, scheduler).
-    #[arg(long)]
+    /// Only processes of this kind (one of `drover_engine::kinds()`: shell,
+    /// scheduler, cloud, group).
+    #[arg(long, value_parser = kind_name)]
     kind: Option<String>,
     /// Only processes on this computer.
     #[arg(long)]
     computer: Option<String>,
+    /// Only the children of this process.
+    #[arg(long, value_name = "ID")]
+    parent: Option<String>,
+}
+
+/// A kind this drover knows.
+fn kind_name(name: &str) -> Result<String, String> {
+    let kinds: Vec<&str> = drover_engine::kinds().iter().map(|k| k.name()).collect();
+    if kinds.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("no kind `{name}` (kinds: {})", kinds.join(", ")))
+    }
 }
 
 impl From<FilterArgs> for Filter {
     fn from(a: FilterArgs) -> Filter {
-        Filter { state: a.state, kind: a.kind, computer: a.computer }
+        Filter { state: a.state, kind: a.kind, computer: a.computer, parent: a.parent }
     }
 }
 
@@ -130,7 +144,9 @@ pub(crate) fn submit(data: &Path, files: &[PathBuf], json: bool) -> ExitCode {
 
 fn query(filter: &Filter) -> String {
     let mut parts = Vec::new();
-    for (key, value) in [("state", &filter.state), ("kind", &filter.kind), ("computer", &filter.computer)] {
+    let fields =
+        [("state", &filter.state), ("kind", &filter.kind), ("computer", &filter.computer), ("parent", &filter.parent)];
+    for (key, value) in fields {
         if let Some(v) = value {
             parts.push(format!("{key}={}", encode(v)));
         }

@@ -35,18 +35,53 @@ pub struct Info {
     pub ready: bool,
 }
 
+/// `GET /v1/engines`: the engines on this daemon's store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Engines {
+    /// This daemon's engine id.
+    pub this: String,
+    /// Every engine that registered, oldest first.
+    pub engines: Vec<EngineInfo>,
+}
+
+/// One engine on the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// Its id.
+    pub id: String,
+    /// Its host.
+    pub host: String,
+    /// Its pid there.
+    pub pid: i64,
+    /// Its pool (`daemon`, or `run:<id>` for a `drover run`).
+    pub pool: String,
+    /// When it registered (the database's clock, Unix milliseconds).
+    pub started_at: i64,
+    /// Until when its lease holds (the database's clock).
+    pub lease_until: i64,
+    /// Whether its lease holds now.
+    pub live: bool,
+    /// How many unfinished processes it owns.
+    pub owns: i64,
+    /// The places (`kind:computer`) it holds: their jobs are its alone.
+    pub places: Vec<String>,
+}
+
 /// Which processes: every given field must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     /// A status (`queued`, `running`, `paused`, `finished`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
-    /// A kind (`shell`, `scheduler`).
+    /// A kind (one of [`drover_engine::kinds`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// A computer's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computer: Option<String>,
+    /// The parent: only its children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Filter {
@@ -61,11 +96,12 @@ impl Filter {
         state_ok
             && self.kind.as_deref().is_none_or(|k| k == info.kind)
             && self.computer.as_deref().is_none_or(|c| info.computer.as_deref() == Some(c))
+            && self.parent.as_deref().is_none_or(|p| info.parent.as_deref() == Some(p))
     }
 
     /// Whether no field is set.
     pub fn is_empty(&self) -> bool {
-        self.state.is_none() && self.kind.is_none() && self.computer.is_none()
+        self.state.is_none() && self.kind.is_none() && self.computer.is_none() && self.parent.is_none()
     }
 }
 

@@ -21,4 +21,4 @@ mod server;
 pub use client::{Client, ClientError, EventStream, SseEvent, Target};
 pub use hyper::{Method, StatusCode};
 pub use paths::Paths;
-pub use server::{DaemonConfig, DaemonError, OPENAPI, run};
+pub use server::{DaemonConfig, DaemonError, OPENAPI, openapi_document, run};

@@ -31,7 +31,8 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio::task::LocalSet;
 
 use crate::api::{
-    Control, ControlResult, ControlResults, ErrorBody, Filter, Info, LogChunk, ProcessList, Stream, Submit, Submitted,
+    Control, ControlResult, ControlResults, EngineInfo, Engines, ErrorBody, Filter, Info, LogChunk, ProcessList,
+    Stream, Submit, Submitted,
 };
 use crate::paths::Paths;
 
@@ -58,6 +59,8 @@ pub struct DaemonConfig {
     pub config_path: PathBuf,
     /// At most this many shell processes run at once (default: the CPUs).
     pub jobs: Option<usize>,
+    /// How long its claim on its processes holds without a heartbeat.
+    pub lease: Duration,
     /// Also serve the API and the web page on this loopback address, asking
     /// for the token in `daemon.token`.
     pub http: Option<SocketAddr>,
@@ -111,6 +114,7 @@ enum Call {
     Submit(Vec<(String, Job)>, Reply<Result<(), EngineError>>),
     Control(String, Action, Reply<Result<(), ControlError>>),
     Subscribe(Reply<broadcast::Receiver<ProcessInfo>>),
+    Engines(Reply<Result<Engines, String>>),
     /// Reads a process's log: its local file, else where it runs.
     Log {
         id: String,
@@ -252,8 +256,11 @@ async fn engine_main(
     // One daemon serves a data directory (the pid file's lock says so): it
     // is the same engine across restarts, and takes its processes back at once.
     let data_dir = std::fs::canonicalize(&paths.data_dir).unwrap_or_else(|_| paths.data_dir.clone());
-    let identity =
-        Identity { id: format!("daemon:{}:{}", hostname(), data_dir.display()), ..Identity::fresh("daemon") };
+    let identity = Identity {
+        id: format!("daemon:{}:{}", hostname(), data_dir.display()),
+        lease: config.lease,
+        ..Identity::fresh("daemon")
+    };
     let engine = Rc::new(Engine::with_identity(store, local, kinds, identity));
     engine.forget_ended();
     let recovery = engine.recover().await.map_err(|e| DaemonError::Engine(e.to_string()))?;
@@ -266,6 +273,8 @@ async fn engine_main(
     for (id, error) in &recovery.failed {
         tracing::warn!(process = %id, %error, "could not resume");
     }
+    // Then new work handed to it, and the processes of daemons that died.
+    engine.share((config.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)), 1000);
     ready.store(true, std::sync::atomic::Ordering::Release);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| DaemonError::Io { path: "SIGTERM".into(), source })?;
@@ -291,7 +300,16 @@ async fn engine_main(
                 tracing::info!("stopping: SIGINT");
                 break;
             }
+            () = engine.lease_lost() => {
+                // Another daemon has taken its processes over: it writes
+                // nothing more, and stops.
+                return Err(DaemonError::Engine("this daemon's lease expired (it was stopped or cut off from the store); its processes are another daemon's now".to_owned()));
+            }
         }
+    }
+    // Stopped on purpose: the other daemons of the store may take over at once.
+    if let Err(e) = engine.release().await {
+        tracing::warn!(error = %e, "could not end this daemon's lease");
     }
     Ok(())
 }
@@ -312,6 +330,26 @@ async fn answer(engine: Rc<Engine>, call: Call) {
         }
         Call::Subscribe(reply) => {
             let _ = reply.send(engine.changes());
+        }
+        Call::Engines(reply) => {
+            let result = engine.engines().await.map_err(|e| e.to_string()).map(|all| Engines {
+                this: engine.identity().id.clone(),
+                engines: all
+                    .into_iter()
+                    .map(|e| EngineInfo {
+                        id: e.id,
+                        host: e.host,
+                        pid: e.pid,
+                        pool: e.pool,
+                        started_at: e.started_at,
+                        lease_until: e.lease_until,
+                        live: e.live,
+                        owns: e.owns,
+                        places: e.places,
+                    })
+                    .collect(),
+            });
+            let _ = reply.send(result);
         }
         Call::Log { id, stream, offset, reply } => {
             let _ = reply.send(engine.log(&id, stream, offset, MAX_LOG_CHUNK).await);
@@ -404,6 +442,7 @@ fn router(app: App) -> Router {
         .route("/", get(index))
         .route("/v1/info", get(info))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/engines", get(engines))
         .route("/v1/processes", get(list).post(submit))
         .route("/v1/processes/{id}", get(show))
         .route("/v1/processes/{id}/logs", get(logs))
@@ -471,8 +510,33 @@ async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
 
+async fn engines(State(app): State<App>) -> Result<axum::Json<Engines>, ApiError> {
+    Ok(axum::Json(app.call(Call::Engines).await?.map_err(internal)?))
+}
+
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    ([(header::CONTENT_TYPE, "application/json")], openapi_document())
+}
+
+/// The OpenAPI document as served: `openapi.json`, with every list of kinds
+/// (marked `x-drover-kinds`) taken from the engine's one list of kinds.
+pub fn openapi_document() -> String {
+    fn fill(value: &mut serde_json::Value, kinds: &[serde_json::Value]) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("x-drover-kinds") == Some(&serde_json::Value::Bool(true)) {
+                    map.insert("enum".to_owned(), serde_json::Value::Array(kinds.to_vec()));
+                }
+                map.values_mut().for_each(|v| fill(v, kinds));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| fill(v, kinds)),
+            _ => {}
+        }
+    }
+    let kinds: Vec<serde_json::Value> = drover_engine::kinds().iter().map(|k| k.name().into()).collect();
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON (a test checks)");
+    fill(&mut doc, &kinds);
+    doc.to_string()
 }
 
 async fn info(State(app): State<App>) -> axum::Json<Info> {

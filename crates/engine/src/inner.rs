@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     waiters: RefCell<HashMap<String, Vec<oneshot::Sender<ChildEnd>>>>,
     /// Live parents' children, for control (kill and pause reach them first).
     pub(crate) families: RefCell<HashMap<String, Vec<String>>>,
+    /// The places (`kind:computer`) whose lease this engine holds.
+    pub(crate) held: RefCell<std::collections::HashSet<String>>,
     me: Weak<Inner>,
 }
 
@@ -91,6 +93,7 @@ impl Inner {
             staged: RefCell::default(),
             waiters: RefCell::default(),
             families: RefCell::default(),
+            held: RefCell::default(),
             me: me.clone(),
         })
     }
@@ -123,6 +126,91 @@ impl Inner {
             }
         });
         Ok(())
+    }
+
+    /// Whether this engine shares work with others (pool `daemon`): then
+    /// places go by lease, and unowned processes are claimed.
+    pub(crate) fn shares(&self) -> bool {
+        self.identity.pool == "daemon"
+    }
+
+    /// Takes every place lease it can (those free, its own, or of engines
+    /// whose lease expired); drops those another engine holds.
+    pub(crate) async fn acquire_places(&self) -> Result<(), StoreError> {
+        if !self.shares() {
+            return Ok(());
+        }
+        for name in self.kinds.places() {
+            let holder = self.store.acquire(&name, &self.identity.id).await?;
+            let mut held = self.held.borrow_mut();
+            if holder == self.identity.id {
+                held.insert(name);
+            } else {
+                held.remove(&name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts claimed processes: each restored from its checkpoint, unless it
+    /// runs already here, or it is bound to another host (then it is marked
+    /// lost, naming the host).
+    pub(crate) async fn take_over(
+        self: &Rc<Self>,
+        claimed: Vec<StoredProcess>,
+        recovery: &mut crate::Recovery,
+    ) -> Result<(), StoreError> {
+        for stored in &claimed {
+            if let Some(parent) = &stored.parent {
+                let mut families = self.families.borrow_mut();
+                let family = families.entry(parent.clone()).or_default();
+                if !family.contains(&stored.id) {
+                    family.push(stored.id.clone());
+                }
+            }
+        }
+        for stored in claimed {
+            if self.handles.borrow().get(&stored.id).is_some_and(|h| !h.is_done()) {
+                continue;
+            }
+            let binding = self.kinds.get(&stored.kind).ok().and_then(|k| k.binding());
+            if let (Some(bound), Some(here)) = (&stored.host, &binding)
+                && bound != here
+            {
+                let host = bound.split(':').next().unwrap_or(bound);
+                let reason = format!(
+                    "lost: it runs on {host} (under {bound}), and this engine runs at {here}; not re-attached, not run again"
+                );
+                let fence = Fence { owner: self.identity.id.clone(), epoch: stored.epoch };
+                self.store.mark_lost(&stored.id, &reason, fence).await?;
+                recovery.lost.push((stored.id, reason));
+                continue;
+            }
+            match self.restore(&stored) {
+                Ok(()) => recovery.resumed.push(stored.id),
+                Err(error) => {
+                    self.store.mark_error(&stored.id, &error).await?;
+                    recovery.failed.push((stored.id, error));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(self: &Rc<Self>, stored: &StoredProcess) -> Result<(), String> {
+        let job: drover_kind::Job = serde_json::from_str(&stored.spec).map_err(|e| format!("unreadable spec: {e}"))?;
+        if job.kind() != stored.kind {
+            return Err(format!("a `{}` process with a `{}` spec", stored.kind, job.kind()));
+        }
+        let start = Start {
+            id: stored.id.clone(),
+            job,
+            checkpoint: Some(stored.checkpoint.clone()),
+            paused: stored.paused,
+            epoch: stored.epoch,
+            template: ProcessInfo::from_stored(stored),
+        };
+        self.start(start)
     }
 
     /// Spawns a process with its recorder on the engine's `LocalSet`.
@@ -235,7 +323,7 @@ impl Inner {
         let mut new = NewProcess::new(&child.id, child.job.kind(), spec, checkpoint);
         new.parent = Some(parent.to_owned());
         new.owner = Some(self.identity.id.clone());
-        new.host = Some(self.identity.host.clone());
+        new.host = kind.binding();
         new.place = kind.info().place(&child.job);
         Some(new)
     }

@@ -170,6 +170,8 @@ impl<K: Kind> KindInfo for Static<K> {
 pub(crate) trait DynKind {
     fn info(&self) -> &dyn KindInfo;
     fn check(&self, id: &str, job: &Job) -> Result<(), String>;
+    fn binding(&self) -> Option<String>;
+    fn places(&self) -> Vec<String>;
     fn initial(&self, job: &Job) -> Result<String, String>;
     /// Builds and starts the process (new when `checkpoint` is `None`).
     fn start(&self, inner: &Rc<Inner>, start: Start) -> Result<Rc<dyn Live>, String>;
@@ -217,6 +219,14 @@ impl<K: Kind> DynKind for Registered<K> {
 
     fn initial(&self, job: &Job) -> Result<String, String> {
         Ok(encode(&K::initial(&spec::<K>(job)?)))
+    }
+
+    fn binding(&self) -> Option<String> {
+        K::binding(&self.env)
+    }
+
+    fn places(&self) -> Vec<String> {
+        K::places(&self.env).into_iter().map(|p| format!("{}:{p}", K::NAME)).collect()
     }
 
     fn start(&self, inner: &Rc<Inner>, start: Start) -> Result<Rc<dyn Live>, String> {
@@ -287,6 +297,11 @@ impl Kinds {
     pub fn with<K: Kind>(mut self, env: K::Env) -> Kinds {
         self.kinds.insert(K::NAME, Box::new(Registered::<K> { env }));
         self
+    }
+
+    /// Every kind's places, as `kind:place` lease names.
+    pub(crate) fn places(&self) -> Vec<String> {
+        self.kinds.values().flat_map(|k| k.places()).collect()
     }
 
     pub(crate) fn get(&self, name: &str) -> Result<&dyn DynKind, String> {

@@ -42,7 +42,7 @@ use std::rc::Rc;
 
 use drover_core::Error;
 use drover_kind::{Ended, Kind, RemoteRead};
-use drover_store::{NewProcess, Store, StoreError, StoredProcess};
+use drover_store::{NewProcess, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -186,6 +186,9 @@ pub struct Recovery {
     /// Ended processes whose work left to finish (a cancel or a delete to
     /// confirm) was taken up again.
     pub cancels: Vec<String>,
+    /// Processes bound to another host (local shell processes of an engine
+    /// elsewhere), marked lost, with the reason.
+    pub lost: Vec<(String, String)>,
 }
 
 /// A chunk of a process's log.
@@ -505,8 +508,26 @@ impl Engine {
         let spec = serde_json::to_string(&job).expect("a job serialises");
         let mut new = NewProcess::new(id, job.kind(), spec, checkpoint);
         new.owner = Some(self.inner.identity.id.clone());
-        new.host = Some(self.inner.identity.host.clone());
+        new.host = kind.binding();
         new.place = kind.info().place(&job);
+        // A place held by another engine of the pool: the process is left
+        // for that engine to claim, so that its cluster sees one engine.
+        if let Some(place) = new.place.as_ref().filter(|_| self.inner.shares()) {
+            let lease = format!("{}:{place}", job.kind());
+            if !self.inner.held.borrow().contains(&lease) {
+                let holder = self.inner.store.acquire(&lease, &self.inner.identity.id).await?;
+                if holder == self.inner.identity.id {
+                    self.inner.held.borrow_mut().insert(lease);
+                } else {
+                    tracing::info!(process = %id, engine = %holder, "handed to the engine that holds {lease}");
+                    new.owner = None;
+                    new.host = None;
+                    self.inner.store.insert(new).await?;
+                    let _ = self.inner.template(id, job.kind(), &job, None);
+                    return Ok(());
+                }
+            }
+        }
         self.inner.store.insert(new).await?;
         let template = self.inner.template(id, job.kind(), &job, None);
         let start = Start { id: id.to_owned(), job, checkpoint: None, paused: false, epoch: 1, template };
@@ -558,43 +579,70 @@ impl Engine {
     /// that cannot be loaded is reported in [`Recovery::failed`] instead.
     pub async fn recover(&self) -> Result<Recovery, EngineError> {
         self.inner.register().await?;
+        self.inner.acquire_places().await?;
         let mut recovery = Recovery { cancels: self.resume_pending_work().await?, ..Recovery::default() };
         let identity = &self.inner.identity;
-        let claimed = self.inner.store.claim(&identity.id, &identity.pool, i64::MAX).await?;
-        for stored in &claimed {
-            if let Some(parent) = &stored.parent {
-                self.inner.families.borrow_mut().entry(parent.clone()).or_default().push(stored.id.clone());
-            }
-        }
-        for stored in claimed {
-            if self.inner.handles.borrow().get(&stored.id).is_some_and(|h| !h.is_done()) {
-                continue;
-            }
-            match self.restore(&stored) {
-                Ok(()) => recovery.resumed.push(stored.id),
-                Err(error) => {
-                    self.inner.store.mark_error(&stored.id, &error).await?;
-                    recovery.failed.push((stored.id, error));
-                }
-            }
-        }
+        let claimed = self.inner.store.claim(&identity.id, &identity.pool, i64::MAX, true).await?;
+        self.inner.take_over(claimed, &mut recovery).await?;
         Ok(recovery)
     }
 
-    fn restore(&self, stored: &StoredProcess) -> Result<(), String> {
-        let job: Job = serde_json::from_str(&stored.spec).map_err(|e| format!("unreadable spec: {e}"))?;
-        if job.kind() != stored.kind {
-            return Err(format!("a `{}` process with a `{}` spec", stored.kind, job.kind()));
+    /// Shares work with the other engines of its pool, from now on: every
+    /// `every`, it renews the place leases it can take and claims (`FOR
+    /// UPDATE SKIP LOCKED` on PostgreSQL) up to `batch` processes nobody
+    /// drives: new ones handed to it, and those of engines whose lease
+    /// expired. For engines of pool `daemon` only; others return at once.
+    pub fn share(&self, every: std::time::Duration, batch: i64) {
+        if !self.inner.shares() {
+            return;
         }
-        let start = Start {
-            id: stored.id.clone(),
-            job,
-            checkpoint: Some(stored.checkpoint.clone()),
-            paused: stored.paused,
-            epoch: stored.epoch,
-            template: ProcessInfo::from_stored(stored),
-        };
-        self.inner.start(start)
+        let weak = Rc::downgrade(&self.inner);
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if *inner.lost.borrow() {
+                    return;
+                }
+                let result: Result<Recovery, StoreError> = async {
+                    inner.acquire_places().await?;
+                    let claimed = inner.store.claim(&inner.identity.id, &inner.identity.pool, batch, false).await?;
+                    let mut recovery = Recovery::default();
+                    inner.take_over(claimed, &mut recovery).await?;
+                    Ok(recovery)
+                }
+                .await;
+                match result {
+                    Ok(r) if !(r.resumed.is_empty() && r.lost.is_empty() && r.failed.is_empty()) => {
+                        tracing::info!(
+                            resumed = r.resumed.len(),
+                            lost = r.lost.len(),
+                            failed = r.failed.len(),
+                            "claimed"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "claiming failed"),
+                }
+            }
+        });
+    }
+
+    /// The engines that registered in the store, with whether they live and
+    /// how many unfinished processes each owns.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn engines(&self) -> Result<Vec<drover_store::EngineRecord>, StoreError> {
+        self.inner.store.engines().await
+    }
+
+    /// The places (`kind:computer`) whose lease this engine holds.
+    pub fn held_places(&self) -> Vec<String> {
+        let mut held: Vec<String> = self.inner.held.borrow().iter().cloned().collect();
+        held.sort_unstable();
+        held
     }
 
     /// Waits for every process started so far to end, calling `each` as each

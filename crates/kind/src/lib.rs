@@ -100,6 +100,23 @@ pub trait Kind: Sized + 'static {
         state: Option<Self::State>,
     ) -> Result<Self::Process, String>;
 
+    /// Where every process of this kind that this environment runs is bound
+    /// to (a host and a run directory, for local processes): an engine whose
+    /// binding differs must not take such a process over, and marks it lost.
+    /// `None`: any engine may.
+    fn binding(env: &Self::Env) -> Option<String> {
+        let _ = env;
+        None
+    }
+
+    /// The places (computers) this environment can run processes on: the
+    /// engine holds each one's lease while it drives its processes, so that
+    /// a cluster sees one engine at a time.
+    fn places(env: &Self::Env) -> Vec<String> {
+        let _ = env;
+        Vec::new()
+    }
+
     /// Where it runs, for `list` and its filters: a computer's name.
     fn place(spec: &Self::Spec) -> Option<String> {
         let _ = spec;

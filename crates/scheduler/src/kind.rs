@@ -146,6 +146,12 @@ impl Kind for SchedulerKind {
         })
     }
 
+    fn places(computers: &Arc<Computers>) -> Vec<String> {
+        let mut names: Vec<String> = computers.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
     fn place(job: &SchedulerJob) -> Option<String> {
         Some(job.computer.clone())
     }

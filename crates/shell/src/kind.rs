@@ -112,6 +112,13 @@ impl Kind for ShellKind {
         })
     }
 
+    /// A shell process's child and its supervisor live on this host, under
+    /// this run root: no other engine can re-attach to them.
+    fn binding(env: &ShellEnv) -> Option<String> {
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+        Some(format!("{host}:{}", env.run_root.display()))
+    }
+
     fn describe(job: &ShellJob) -> Vec<(&'static str, String)> {
         let spec = &job.spec;
         let words = std::iter::once(spec.program.as_str()).chain(spec.args.iter().map(String::as_str));

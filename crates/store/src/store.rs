@@ -151,6 +151,8 @@ pub struct EngineRecord {
     pub live: bool,
     /// How many unfinished processes it owns.
     pub owns: i64,
+    /// The places (`kind:computer`) whose lease it holds.
+    pub places: Vec<String>,
 }
 
 /// A stored process.
@@ -201,6 +203,8 @@ pub struct StoredEvent {
     pub checkpoint: String,
     /// Whether the process was paused after it.
     pub paused: bool,
+    /// The epoch of the claim it was written under (0: unowned).
+    pub epoch: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -277,13 +281,15 @@ fn schema(serial_key: &str) -> Vec<String> {
         "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal".to_owned(),
         "CREATE INDEX processes_parent ON processes (parent)".to_owned(),
         ENGINES.to_owned(),
+        LEASES.to_owned(),
         format!(
             "CREATE TABLE events (
                 seq {serial_key},
                 process_id TEXT NOT NULL REFERENCES processes(id),
                 at BIGINT NOT NULL,
                 checkpoint TEXT NOT NULL,
-                paused BOOLEAN NOT NULL
+                paused BOOLEAN NOT NULL,
+                epoch BIGINT NOT NULL DEFAULT 0
             )"
         ),
         "CREATE INDEX events_process ON events (process_id, seq)".to_owned(),
@@ -302,6 +308,10 @@ const ENGINES: &str = "CREATE TABLE engines (
     pool TEXT NOT NULL
 )";
 
+/// Places (a kind's computer) held by one engine at a time: valid while
+/// their owner's lease holds.
+const LEASES: &str = "CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL)";
+
 /// The steps from schema version 1 to 2 (ownership, children, places).
 fn migrate_1_to_2() -> Vec<String> {
     vec![
@@ -316,6 +326,8 @@ fn migrate_1_to_2() -> Vec<String> {
         "UPDATE processes SET pending_work = TRUE WHERE terminal AND checkpoint LIKE '%_pending\":true%'".to_owned(),
         "CREATE INDEX processes_parent ON processes (parent)".to_owned(),
         ENGINES.to_owned(),
+        LEASES.to_owned(),
+        "ALTER TABLE events ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0".to_owned(),
         "UPDATE drover_meta SET value = '2' WHERE key = 'schema_version'".to_owned(),
     ]
 }
@@ -590,17 +602,22 @@ impl Store {
                     (SELECT COUNT(*) FROM processes p WHERE p.owner = e.id AND NOT p.terminal) AS owns
              FROM engines e ORDER BY e.started_at, e.id"
         );
-        Ok(on_db!(&self.db, pool => {
+        let mut engines: Vec<EngineRecord> = on_db!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(|r| EngineRecord {
                 id: r.get(0), host: r.get(1), pid: r.get(2), started_at: r.get(3), lease_until: r.get(4), pool: r.get(5),
-                live: r.get(6), owns: r.get(7),
+                live: r.get(6), owns: r.get(7), places: Vec::new(),
             }).collect()
-        }))
+        });
+        for engine in &mut engines {
+            engine.places = self.places(&engine.id).await?;
+        }
+        Ok(engines)
     }
 
     /// Claims for engine `owner` of `pool` up to `limit` unfinished processes
     /// that are its own already, that nobody owns (pool `daemon` only), or
-    /// whose owner, of the same pool, let its lease expire, oldest first: each claimed one's epoch
+    /// whose owner, of the same pool, let its lease expire, oldest first
+    /// (its own only with `own`, when it starts): each claimed one's epoch
     /// goes up by one, which fences every later write of its former owner.
     /// Children are claimed with their parents' families: a process whose
     /// parent is unfinished is claimed only with it (in the same call).
@@ -611,21 +628,34 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::Db`].
-    pub async fn claim(&self, owner: &str, pool: &str, limit: i64) -> Result<Vec<StoredProcess>, StoreError> {
+    pub async fn claim(
+        &self,
+        owner: &str,
+        pool: &str,
+        limit: i64,
+        own: bool,
+    ) -> Result<Vec<StoredProcess>, StoreError> {
         let now = self.now_sql();
         let lock = match self.db {
             Db::Sqlite(_) => "",
             Db::Postgres(_) => "FOR UPDATE OF p SKIP LOCKED",
         };
+        // Its own ones only when it (re)starts: a live engine's own processes
+        // run already, and a new claim would fence them.
+        let mine = if own { "p.owner = $1" } else { "FALSE" };
         let who = format!(
-            "(p.owner = $1 OR (p.owner IS NULL AND $3 = 'daemon')
+            "({mine} OR (p.owner IS NULL AND $3 = 'daemon')
               OR EXISTS (SELECT 1 FROM engines e WHERE e.id = p.owner AND e.pool = $3 AND e.lease_until < {now}))"
         );
+        // A process with a place (a computer) goes only to the engine that
+        // holds the place, so that a cluster sees one engine at a time.
+        let place = "($3 <> 'daemon' OR p.place IS NULL OR p.owner = $1
+                      OR EXISTS (SELECT 1 FROM leases l WHERE l.name = p.kind || ':' || p.place AND l.owner = $1))";
         let root =
             "(p.parent IS NULL OR NOT EXISTS (SELECT 1 FROM processes q WHERE q.id = p.parent AND NOT q.terminal))";
         let roots_sql = format!(
             "UPDATE processes SET owner = $1, epoch = epoch + 1 WHERE id IN (
-                SELECT p.id FROM processes p WHERE NOT p.terminal AND {who} AND {root}
+                SELECT p.id FROM processes p WHERE NOT p.terminal AND {who} AND {root} AND {place}
                 ORDER BY p.created_at, p.id LIMIT $2 {lock}
              ) RETURNING {COLS}"
         );
@@ -676,6 +706,54 @@ impl Store {
         Ok(on_db!(&self.db, db => {
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner).bind(pool).fetch_all(db).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
         }))
+    }
+
+    /// Takes place `name` (`scheduler:cluster`) for engine `owner` if it is
+    /// free, its own already, or held by an engine whose lease expired; and
+    /// says which engine holds it now.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn acquire(&self, name: &str, owner: &str) -> Result<String, StoreError> {
+        let now = self.now_sql();
+        let take = format!(
+            "INSERT INTO leases (name, owner) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner
+             WHERE leases.owner = excluded.owner
+                OR NOT EXISTS (SELECT 1 FROM engines e WHERE e.id = leases.owner AND e.lease_until >= {now})"
+        );
+        Ok(on_db!(&self.db, db => {
+            sqlx::query(sqlx::AssertSqlSafe(take)).bind(name).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?;
+            sqlx::query("SELECT owner FROM leases WHERE name = $1").bind(name).fetch_one(db).await.map_err(|e| self.db_err(e))?.get::<String, _>(0)
+        }))
+    }
+
+    /// The places engine `owner` holds.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn places(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        Ok(on_db!(&self.db, db => {
+            sqlx::query("SELECT name FROM leases WHERE owner = $1 ORDER BY name").bind(owner).fetch_all(db).await
+                .map_err(|e| self.db_err(e))?.iter().map(|r| r.get::<String, _>(0)).collect()
+        }))
+    }
+
+    /// Ends an unfinished process that cannot go on where it was claimed (a
+    /// local process bound to another host): its latest checkpoint becomes
+    /// `{"v": 0, "state": {"Lost": {"reason": ...}}}`, terminal, under the
+    /// claim `fence`. Its kind's own history is kept in its events.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Fenced`], [`StoreError::Db`].
+    pub async fn mark_lost(&self, id: &str, reason: &str, fence: Fence) -> Result<(), StoreError> {
+        let checkpoint = serde_json::json!({ "v": 0, "state": { "Lost": { "reason": reason } } }).to_string();
+        let mut record = Record::new(checkpoint, false, true);
+        record.fence = Some(fence);
+        self.commit_record(id, record).await?;
+        self.mark_error(id, reason).await
     }
 
     /// The children of `parent`, oldest first.
@@ -769,7 +847,7 @@ impl Store {
     ///
     /// [`StoreError::Db`].
     pub async fn events(&self, id: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        const SQL: &str = "SELECT seq, at, checkpoint, paused FROM events WHERE process_id = $1 ORDER BY seq";
+        const SQL: &str = "SELECT seq, at, checkpoint, paused, epoch FROM events WHERE process_id = $1 ORDER BY seq";
         Ok(on_db!(&self.db, pool => {
             sqlx::query(SQL)
                 .bind(id)
@@ -777,7 +855,7 @@ impl Store {
                 .await
                 .map_err(|e| self.db_err(e))?
                 .iter()
-                .map(|r| StoredEvent { seq: r.get(0), at: r.get(1), checkpoint: r.get(2), paused: r.get(3) })
+                .map(|r| StoredEvent { seq: r.get(0), at: r.get(1), checkpoint: r.get(2), paused: r.get(3), epoch: r.get(4) })
                 .collect()
         }))
     }
@@ -1019,19 +1097,19 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                     }
                 });
             }
-            let mut events: Vec<(&str, &str, bool, i64)> = Vec::new();
+            let mut events: Vec<(&str, &str, bool, i64, i64)> = Vec::new();
             for (p, _, at) in &inserts {
-                events.push((&p.id, &p.checkpoint, false, *at));
+                events.push((&p.id, &p.checkpoint, false, *at, i64::from(p.owner.is_some())));
             }
             let mut children: Vec<(&NewProcess, Option<&str>, i64)> = Vec::new();
             for (_, id, r, at) in &records {
                 for c in &r.children {
                     if !existing.contains_key(&c.id) {
                         children.push((c, Some(id.as_str()), *at));
-                        events.push((&c.id, &c.checkpoint, false, *at));
+                        events.push((&c.id, &c.checkpoint, false, *at, i64::from(c.owner.is_some())));
                     }
                 }
-                events.push((id, &r.checkpoint, r.paused, *at));
+                events.push((id, &r.checkpoint, r.paused, *at, r.fence.as_ref().map_or(0, |f| f.epoch)));
             }
             inserts.extend(children);
             for part in inserts.chunks(CHUNK / 2) {
@@ -1065,12 +1143,12 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
             }
             for part in events.chunks(CHUNK) {
                 let sql = format!(
-                    "INSERT INTO events (process_id, checkpoint, paused, at) VALUES {}",
-                    placeholders(part.len(), 4)
+                    "INSERT INTO events (process_id, checkpoint, paused, at, epoch) VALUES {}",
+                    placeholders(part.len(), 5)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, checkpoint, paused, at) in part {
-                    query = query.bind(*id).bind(*checkpoint).bind(*paused).bind(*at);
+                for (id, checkpoint, paused, at, epoch) in part {
+                    query = query.bind(*id).bind(*checkpoint).bind(*paused).bind(*at).bind(*epoch);
                 }
                 query.execute(&mut *tx).await.map_err(db_err)?;
             }

@@ -273,7 +273,10 @@ async fn a_version_1_store_is_migrated_keeping_everything() {
     }
     let store = Store::open(path.to_str().unwrap()).await.unwrap();
     let run = store.get("run").await.unwrap().unwrap();
-    assert_eq!((run.checkpoint.as_str(), run.owner, run.epoch, run.terminal), (r#"{"state":"Queued","v":2}"#, None, 0, false));
+    assert_eq!(
+        (run.checkpoint.as_str(), run.owner, run.epoch, run.terminal),
+        (r#"{"state":"Queued","v":2}"#, None, 0, false)
+    );
     assert_eq!(store.events("run").await.unwrap().len(), 1);
     // The unconfirmed cancel is work left to finish, for whichever engine recovers.
     let k = store.get("k").await.unwrap().unwrap();
@@ -281,7 +284,7 @@ async fn a_version_1_store_is_migrated_keeping_everything() {
     assert_eq!(store.pending_work("e1", "daemon").await.unwrap().len(), 1);
     // An unowned process of version 1 is claimed by the first engine that asks.
     store.register_engine("e1", "host", 1, "daemon", 10_000).await.unwrap();
-    let claimed = store.claim("e1", "daemon", 100).await.unwrap();
+    let claimed = store.claim("e1", "daemon", 100, true).await.unwrap();
     assert_eq!(claimed.iter().map(|p| (p.id.as_str(), p.epoch)).collect::<Vec<_>>(), [("run", 1)]);
     drop(store);
     // Opening it again changes nothing more.
