@@ -652,7 +652,9 @@ impl Engine {
     ///
     /// Dropping it stops the waiting; the processes run on.
     pub async fn wait_each(&self, mut each: impl FnMut(&str, &Outcome)) -> Vec<(String, Outcome)> {
-        let handles = std::mem::take(&mut *self.inner.handles.borrow_mut());
+        // Kept in the map: they stay under control (a kill by id) meanwhile.
+        let handles: Vec<(String, Rc<dyn kinds::Live>)> =
+            self.inner.handles.borrow().iter().map(|(id, h)| (id.clone(), h.clone())).collect();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (id, handle) in handles {
             let tx = tx.clone();
@@ -675,7 +677,9 @@ impl Engine {
     ///
     /// Dropping it stops the waiting; the processes run on.
     pub async fn wait_all(&self) -> Vec<(String, Outcome)> {
-        let handles = std::mem::take(&mut *self.inner.handles.borrow_mut());
+        // Kept in the map: they stay under control (a kill by id) meanwhile.
+        let handles: Vec<(String, Rc<dyn kinds::Live>)> =
+            self.inner.handles.borrow().iter().map(|(id, h)| (id.clone(), h.clone())).collect();
         let mut outcomes = Vec::with_capacity(handles.len());
         for (id, handle) in handles {
             outcomes.push((id, handle.outcome().await));
