@@ -149,6 +149,11 @@ impl Inner {
                 held.remove(&name);
             }
         }
+        // Its own processes on places another engine holds now go to that one.
+        let handed = self.store.hand_over(&self.identity.id).await?;
+        if handed > 0 {
+            tracing::info!(processes = handed, "handed to the engines that hold their computers");
+        }
         Ok(())
     }
 
@@ -173,14 +178,14 @@ impl Inner {
             if self.handles.borrow().get(&stored.id).is_some_and(|h| !h.is_done()) {
                 continue;
             }
-            let binding = self.kinds.get(&stored.kind).ok().and_then(|k| k.binding());
-            if let (Some(bound), Some(here)) = (&stored.host, &binding)
-                && bound != here
+            let kind = self.kinds.get(&stored.kind).ok();
+            if let (Some(bound), Some(kind)) = (&stored.host, kind)
+                && !kind.takes_over(bound)
             {
                 let host = bound.split(':').next().unwrap_or(bound);
-                let reason = format!(
-                    "lost: it runs on {host} (under {bound}), and this engine runs at {here}; not re-attached, not run again"
-                );
+                let here = &self.identity.host;
+                let reason =
+                    format!("lost: it runs on host {host}, and this engine on {here}; not re-attached, not run again");
                 let fence = Fence { owner: self.identity.id.clone(), epoch: stored.epoch };
                 self.store.mark_lost(&stored.id, &reason, fence).await?;
                 recovery.lost.push((stored.id, reason));
@@ -209,6 +214,7 @@ impl Inner {
             paused: stored.paused,
             epoch: stored.epoch,
             template: ProcessInfo::from_stored(stored),
+            binding: stored.host.clone(),
         };
         self.start(start)
     }
@@ -305,6 +311,7 @@ impl Inner {
                     checkpoint: None,
                     paused: false,
                     epoch: 1,
+                    binding: None,
                     id: child.id,
                     job: child.job,
                 };

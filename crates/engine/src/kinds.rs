@@ -171,6 +171,7 @@ pub(crate) trait DynKind {
     fn info(&self) -> &dyn KindInfo;
     fn check(&self, id: &str, job: &Job) -> Result<(), String>;
     fn binding(&self) -> Option<String>;
+    fn takes_over(&self, bound: &str) -> bool;
     fn places(&self) -> Vec<String>;
     fn initial(&self, job: &Job) -> Result<String, String>;
     /// Builds and starts the process (new when `checkpoint` is `None`).
@@ -194,6 +195,8 @@ pub(crate) struct Start {
     pub(crate) paused: bool,
     pub(crate) epoch: i64,
     pub(crate) template: ProcessInfo,
+    /// Where it is bound, as stored.
+    pub(crate) binding: Option<String>,
 }
 
 struct Registered<K: Kind> {
@@ -225,6 +228,10 @@ impl<K: Kind> DynKind for Registered<K> {
         K::binding(&self.env)
     }
 
+    fn takes_over(&self, bound: &str) -> bool {
+        K::takes_over(&self.env, bound)
+    }
+
     fn places(&self) -> Vec<String> {
         K::places(&self.env).into_iter().map(|p| format!("{}:{p}", K::NAME)).collect()
     }
@@ -232,7 +239,7 @@ impl<K: Kind> DynKind for Registered<K> {
     fn start(&self, inner: &Rc<Inner>, start: Start) -> Result<Rc<dyn Live>, String> {
         let spec = spec::<K>(&start.job)?;
         let state = start.checkpoint.as_deref().map(decode::<K::State>).transpose().map_err(|e| e.to_string())?;
-        let context = Context { id: start.id.clone(), children: inner.children_of(&start.id) };
+        let context = Context { id: start.id.clone(), children: inner.children_of(&start.id), binding: start.binding };
         let proc = K::build(&self.env, context, spec.clone(), state)?;
         let recorder = EngineRecorder::<K> {
             inner: Rc::downgrade(inner),

@@ -530,7 +530,8 @@ impl Engine {
         }
         self.inner.store.insert(new).await?;
         let template = self.inner.template(id, job.kind(), &job, None);
-        let start = Start { id: id.to_owned(), job, checkpoint: None, paused: false, epoch: 1, template };
+        let start =
+            Start { id: id.to_owned(), job, checkpoint: None, paused: false, epoch: 1, template, binding: None };
         self.inner.start(start).map_err(|problem| EngineError::Refused {
             kind: "unknown".to_owned(),
             id: id.to_owned(),

@@ -100,13 +100,18 @@ pub trait Kind: Sized + 'static {
         state: Option<Self::State>,
     ) -> Result<Self::Process, String>;
 
-    /// Where every process of this kind that this environment runs is bound
-    /// to (a host and a run directory, for local processes): an engine whose
-    /// binding differs must not take such a process over, and marks it lost.
-    /// `None`: any engine may.
+    /// Where every process of this kind that this environment starts is
+    /// bound to (a host and a run directory, for local processes), stored
+    /// with the process; `None`: it is bound nowhere.
     fn binding(env: &Self::Env) -> Option<String> {
         let _ = env;
         None
+    }
+
+    /// Whether this environment can take over a process bound to `bound`
+    /// (by [`binding`](Kind::binding)); an engine that cannot marks it lost.
+    fn takes_over(env: &Self::Env, bound: &str) -> bool {
+        Self::binding(env).as_deref() == Some(bound)
     }
 
     /// The places (computers) this environment can run processes on: the
@@ -234,6 +239,9 @@ pub struct Context {
     pub id: String,
     /// Its children.
     pub children: Children,
+    /// Where it is bound, as stored (see [`Kind::binding`]): the binding it
+    /// was started under, for a process restored by another engine.
+    pub binding: Option<String>,
 }
 
 impl Debug for Context {

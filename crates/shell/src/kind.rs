@@ -31,6 +31,10 @@ pub struct ShellEnv {
     pub run_root: PathBuf,
 }
 
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
+}
+
 /// The job-file keys of a shell job.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,18 +109,25 @@ impl Kind for ShellKind {
         job: ShellJob,
         state: Option<ShellState>,
     ) -> Result<ShellProcess, String> {
-        let run_dir = env.run_root.join(&context.id);
+        // Started under another engine's run root (on this host): there.
+        let root = context.binding.as_deref().and_then(|b| b.split_once(':')).map(|(_, root)| PathBuf::from(root));
+        let run_dir = root.unwrap_or_else(|| env.run_root.clone()).join(&context.id);
         Ok(match state {
             None => ShellProcess::durable(job.spec, env.governor.clone(), run_dir),
             Some(state) => ShellProcess::restore(job.spec, env.governor.clone(), run_dir, state),
         })
     }
 
-    /// A shell process's child and its supervisor live on this host, under
-    /// this run root: no other engine can re-attach to them.
+    /// A shell process's child and its supervisor live on this host, in a
+    /// run directory under this run root: `<host>:<run root>`.
     fn binding(env: &ShellEnv) -> Option<String> {
-        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-        Some(format!("{host}:{}", env.run_root.display()))
+        Some(format!("{}:{}", hostname(), env.run_root.display()))
+    }
+
+    /// Any engine on the same host re-attaches (under the run root the
+    /// process was started with); one on another host cannot.
+    fn takes_over(_: &ShellEnv, bound: &str) -> bool {
+        bound.split_once(':').is_some_and(|(host, _)| host == hostname())
     }
 
     fn describe(job: &ShellJob) -> Vec<(&'static str, String)> {

@@ -649,7 +649,7 @@ impl Store {
         );
         // A process with a place (a computer) goes only to the engine that
         // holds the place, so that a cluster sees one engine at a time.
-        let place = "($3 <> 'daemon' OR p.place IS NULL OR p.owner = $1
+        let place = "($3 <> 'daemon' OR p.place IS NULL
                       OR EXISTS (SELECT 1 FROM leases l WHERE l.name = p.kind || ':' || p.place AND l.owner = $1))";
         let root =
             "(p.parent IS NULL OR NOT EXISTS (SELECT 1 FROM processes q WHERE q.id = p.parent AND NOT q.terminal))";
@@ -725,6 +725,25 @@ impl Store {
         Ok(on_db!(&self.db, db => {
             sqlx::query(sqlx::AssertSqlSafe(take)).bind(name).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?;
             sqlx::query("SELECT owner FROM leases WHERE name = $1").bind(name).fetch_one(db).await.map_err(|e| self.db_err(e))?.get::<String, _>(0)
+        }))
+    }
+
+    /// Hands engine `owner`'s unfinished processes on places it does not
+    /// hold (another engine took the place while this one was away) to
+    /// nobody, at a new epoch: the place's holder claims them, and any write
+    /// of their old driver is refused. Children stay with their unfinished
+    /// parent's engine (a family is driven by one engine). Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn hand_over(&self, owner: &str) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE processes SET owner = NULL, epoch = epoch + 1
+            WHERE owner = $1 AND NOT terminal AND place IS NOT NULL
+            AND (parent IS NULL OR NOT EXISTS (SELECT 1 FROM processes q WHERE q.id = processes.parent AND NOT q.terminal))
+            AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = processes.kind || ':' || processes.place AND l.owner = $1)";
+        Ok(on_db!(&self.db, db => {
+            sqlx::query(SQL).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?.rows_affected()
         }))
     }
 
