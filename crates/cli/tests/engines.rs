@@ -225,3 +225,189 @@ fn a_run_stopped_with_ctrl_c_kills_its_jobs_and_leaves_nothing_to_a_daemon() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2, "a killed job ran again");
 }
+
+const PG_URL_FILE: &str = "/tmp/drover-services/postgres/url";
+const SSHD_LOG: &str = "/tmp/drover-services/sshd/sshd.log";
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// One RPC counter of `sdiag` (SLURM's own statistics).
+fn rpc_count(sdiag: &str, rpc: &str) -> u64 {
+    sdiag
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{rpc} ")))
+        .and_then(|l| l.split("count:").nth(1))
+        .and_then(|c| c.split_whitespace().next())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A daemon on the shared store, with the URL in its environment (never on
+/// its command line).
+fn start_daemon(d: &Dirs, url: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .arg("--data-dir")
+        .arg(&d.data)
+        .arg("--config-dir")
+        .arg(&d.config)
+        .args(["daemon", "start", "--lease-secs", "3", "-j", "8"])
+        .env("DROVER_STORE", url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "daemon start: {}{}", text(&out.stdout), text(&out.stderr));
+}
+
+fn daemon_pid(d: &Dirs) -> u32 {
+    drover_daemon::Paths::new(&d.data).running_pid().expect("a daemon runs")
+}
+
+#[test]
+fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connection_to_the_cluster() {
+    let url = std::fs::read_to_string(PG_URL_FILE).map(|s| s.trim().to_owned()).expect(
+        "PostgreSQL for tests is not running: run `scripts/services/all.sh start` (the README's test command does)",
+    );
+    assert!(
+        Command::new("sh")
+            .args(["-c", "ssh -o BatchMode=yes drover-test-host true && scontrol ping | grep -q UP"])
+            .status()
+            .unwrap()
+            .success(),
+        "sshd and SLURM for tests are not running: run `scripts/services/all.sh start`"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let tag = format!("e{}", std::process::id());
+    let schema = format!("engines_{tag}");
+    sh(&format!("psql -q '{url}' -c 'CREATE SCHEMA {schema}'"));
+    let url = format!("{url}?options=-csearch_path%3D{schema}");
+    let marker = root.path().join("marker");
+    let daemons: Vec<Dirs> = (0..3).map(|k| dirs(root.path(), &format!("d{k}"))).collect();
+    let computers = format!(
+        "[computer.cluster]\ntransport = \"ssh\"\nhost = \"drover-test-host\"\nscheduler = \"slurm\"\nwork_dir = \"drover-engines-{tag}\"\npoll_interval_secs = 2\n"
+    );
+    for d in &daemons {
+        std::fs::write(d.config.join("computers.toml"), &computers).unwrap();
+    }
+    let ssh_before = std::fs::read_to_string(SSHD_LOG).unwrap_or_default().matches("Accepted publickey").count();
+    sh("sdiag -r >/dev/null");
+    let started = Instant::now();
+    for d in &daemons {
+        start_daemon(d, &url);
+    }
+    struct StopAll<'a>(&'a [Dirs]);
+    impl Drop for StopAll<'_> {
+        fn drop(&mut self) {
+            for d in self.0 {
+                let _ = drover(d, &["daemon", "stop"]);
+            }
+        }
+    }
+    let _stop = StopAll(&daemons);
+
+    // 100 jobs through each daemon: 250 shell jobs and 50 SLURM jobs in all.
+    let (mut shells, mut slurms) = (Vec::new(), Vec::new());
+    let mut runs = Vec::new();
+    for (k, d) in daemons.iter().enumerate() {
+        let mut file = String::new();
+        let n_slurm = if k == 2 { 18 } else { 16 };
+        for i in 0..100 - n_slurm {
+            let id = format!("s{k}x{i}");
+            file.push_str(&format!(
+                "[[job]]\nid = \"{id}\"\nscript = \"echo {id} >> {}; sleep 0.3\"\n\n",
+                marker.display()
+            ));
+            shells.push(id);
+        }
+        for i in 0..n_slurm {
+            let id = format!("j{k}x{i}");
+            file.push_str(&format!(
+                "[[job]]\nid = \"{id}\"\ncomputer = \"cluster\"\nscript = \"sleep 2; echo {id}\"\n\n"
+            ));
+            slurms.push(id);
+        }
+        let path = root.path().join(format!("f{k}.toml"));
+        std::fs::write(&path, file).unwrap();
+        let submitted = json(d, &["submit", path.to_str().unwrap(), "--json"]);
+        assert_eq!(submitted["ids"].as_array().unwrap().len(), 100);
+        runs.push(submitted["run"].as_str().unwrap().to_owned());
+    }
+    let engines = |d: &Dirs| json(d, &["daemon", "status", "--json"]);
+    let holder_by = |ask: usize| {
+        let status = ok(&daemons[ask], &["daemon", "status"]);
+        (0..3).find(|k| status.lines().any(|l| l.contains(&format!("/d{k}")) && l.contains("holds scheduler:cluster")))
+    };
+    until("a daemon holds the cluster", 20, || holder_by(0).is_some());
+    let first_holder = holder_by(0).unwrap();
+    // Asked from now on: the one daemon that is never killed.
+    let steady = (first_holder + 2) % 3;
+    let holder = || holder_by(steady);
+    assert!(engines(&daemons[0])["running"] == true);
+
+    // One daemon that does not hold the cluster is SIGKILLed five times at
+    // random moments, and restarted each time; then the holder is killed
+    // once and comes back only after another daemon took the cluster over.
+    let victim = (first_holder + 1) % 3;
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("seed {seed}");
+    for n in 0..5 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 1500));
+        signal(daemon_pid(&daemons[victim]), libc::SIGKILL);
+        until("the killed daemon is gone", 10, || {
+            drover_daemon::Paths::new(&daemons[victim].data).running_pid().is_none()
+        });
+        start_daemon(&daemons[victim], &url);
+        println!("killed d{victim} ({})", n + 1);
+    }
+    signal(daemon_pid(&daemons[first_holder]), libc::SIGKILL);
+    until("another daemon takes the cluster over", 20, || holder().is_some_and(|h| h != first_holder));
+    start_daemon(&daemons[first_holder], &url);
+
+    // Every job ends, successfully.
+    let all_done = || {
+        let list = json(&daemons[steady], &["list", "--json"]);
+        let processes = list["processes"].as_array().unwrap().clone();
+        (processes.len() == 300 && processes.iter().all(|p| p["terminal"] == true), processes)
+    };
+    until("every job ends", 240, || all_done().0);
+    let took = started.elapsed();
+    let (_, processes) = all_done();
+    let failed: Vec<&Value> = processes.iter().filter(|p| p["state"] != "finished" || p["exit_code"] != 0).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+
+    // Each shell command ran once.
+    let lines = std::fs::read_to_string(&marker).unwrap();
+    let mut count = std::collections::HashMap::new();
+    for line in lines.lines() {
+        *count.entry(line).or_insert(0) += 1;
+    }
+    for id in &shells {
+        assert_eq!(count.get(id.as_str()), Some(&1), "{id} ran {:?} times", count.get(id.as_str()));
+    }
+    // Each SLURM job was submitted once: in squeue, in sacct, and by count.
+    let names = sh("squeue --states=all --noheader --format=%j");
+    let accounted = sh("sacct --noheader --allocations --parsable2 --format=JobName --starttime=now-1hour");
+    for (k, run) in runs.iter().enumerate() {
+        for id in slurms.iter().filter(|id| id.starts_with(&format!("j{k}x"))) {
+            let name = format!("drover-{run}.f{k}.{id}");
+            assert_eq!(names.lines().filter(|l| l.trim() == name).count(), 1, "{name} in squeue");
+            assert_eq!(accounted.lines().filter(|l| l.trim() == name).count(), 1, "{name} in sacct");
+        }
+    }
+    let sdiag = sh("sdiag");
+    assert_eq!(rpc_count(&sdiag, "REQUEST_SUBMIT_BATCH_JOB"), 50, "sbatch calls");
+    // One engine at a time talks to the cluster: one SSH connection for the
+    // first holder, one for the engine that took over; one squeue per
+    // interval from whichever holds it (three pollers would make three times
+    // as many).
+    let ssh = std::fs::read_to_string(SSHD_LOG).unwrap_or_default().matches("Accepted publickey").count() - ssh_before;
+    let squeues = rpc_count(&sdiag, "REQUEST_JOB_INFO");
+    let intervals = took.as_secs() / 2;
+    println!("{took:?}: {ssh} SSH connections, {squeues} squeue calls ({intervals} intervals of 2 s), 50 sbatch");
+    assert_eq!(ssh, 2, "SSH connections to the cluster");
+    assert!(squeues <= intervals + 6, "{squeues} squeue calls in {intervals} intervals");
+}
