@@ -348,8 +348,25 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
             return ExitCode::FAILURE;
         }
     };
-    // Only the kinds with jobs here set up what they need (a cluster to reach).
-    let wanted: Vec<&str> = planned.iter().map(|p| p.job.kind()).collect();
+    // Only the kinds with jobs here (a group's children included) set up what
+    // they need (a cluster to reach).
+    fn kinds_in(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(kind)) = map.get("kind") {
+                    out.push(kind.clone());
+                }
+                map.values().for_each(|v| kinds_in(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| kinds_in(v, out)),
+            _ => {}
+        }
+    }
+    let mut wanted: Vec<String> = Vec::new();
+    for p in &planned {
+        kinds_in(&serde_json::to_value(&p.job).unwrap_or_default(), &mut wanted);
+    }
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
     let supervise = out_dir.join(".supervise");
     let kinds = match rt.block_on(Kinds::from_config(&settings, &config_path, &supervise, jobs, Some(&wanted))) {
         Ok(kinds) => kinds,

@@ -14,8 +14,14 @@ pub use drover_core::{
 };
 
 /// Local shell processes under a governor (feature `shell`, on by default).
+/// The seam of process kinds: the `Kind` trait, checkpoints, children.
+pub use drover_kind as kind;
+
 #[cfg(feature = "shell")]
 pub use drover_shell as shell;
+
+#[cfg(feature = "group")]
+pub use drover_group as group;
 
 /// Scheduler jobs on HPC clusters (feature `scheduler`, on by default).
 #[cfg(feature = "scheduler")]

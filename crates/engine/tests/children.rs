@@ -53,7 +53,7 @@ fn a_group_ends_when_its_children_have_and_says_which_failed() {
         let g = outcomes.iter().find(|(id, _)| id == "g").unwrap();
         assert_eq!(
             g.1.state::<GroupKind>(),
-            Some(GroupState::Finished { exit_code: 1, failed: vec!["g.b (finished)".into()] })
+            Some(GroupState::Finished { exit_code: 1, failed: vec!["g.b (finished, exit 3)".into()] })
         );
         // Each child is in the store with its parent, and `show` lists them.
         let children = store.children("g").await.unwrap();

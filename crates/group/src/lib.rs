@@ -142,8 +142,7 @@ impl Process<GroupState> for GroupProcess {
             GroupState::Waiting { children } => {
                 let ids: Vec<String> = (0..*children).map(|n| self.child_id(n)).collect();
                 let ends = interruptible(self.children.wait(ids)).await;
-                let failed: Vec<String> =
-                    ends.iter().filter(|e| !e.succeeded).map(|e| format!("{} ({})", e.id, e.state)).collect();
+                let failed: Vec<String> = ends.iter().filter(|e| !e.succeeded).map(describe_end).collect();
                 let exit_code = i32::from(!failed.is_empty());
                 self.state = GroupState::Finished { exit_code, failed };
             }
@@ -155,6 +154,15 @@ impl Process<GroupState> for GroupProcess {
 
     async fn kill(&mut self) {
         self.state = GroupState::Killed;
+    }
+}
+
+/// `id (state)`, with the exit code where the state has one.
+fn describe_end(end: &drover_kind::ChildEnd) -> String {
+    let fields = end.data.as_object().and_then(|m| m.values().next());
+    match fields.and_then(|f| f.get("exit_code")).and_then(Value::as_i64) {
+        Some(code) => format!("{} ({}, exit {code})", end.id, end.state),
+        None => format!("{} ({})", end.id, end.state),
     }
 }
 
