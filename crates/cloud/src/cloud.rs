@@ -31,7 +31,8 @@ pub struct RequestStats {
     pub deletes: AtomicU64,
     /// Log fetches.
     pub logs: AtomicU64,
-    /// Lists of the shared watches (at start, and after 410 Gone).
+    /// Lists of the shared watches that the API server answered (at start,
+    /// and after 410 Gone).
     pub lists: AtomicU64,
     /// Watch (re)connections of the shared watches.
     pub watches: AtomicU64,
@@ -572,8 +573,13 @@ async fn watch_loop<K>(
         let rv = match version.clone() {
             Some(rv) => rv,
             None => {
-                runner.stats.lists.fetch_add(1, Ordering::Relaxed);
-                match api.list(&ListParams::default().labels(&selector())).await {
+                // Counted once answered: a list the server never got (it is
+                // down) costs it nothing.
+                let answer = api.list(&ListParams::default().labels(&selector())).await;
+                if matches!(&answer, Ok(_) | Err(kube::Error::Api(_))) {
+                    runner.stats.lists.fetch_add(1, Ordering::Relaxed);
+                }
+                match answer {
                     Ok(list) => {
                         for object in &list.items {
                             on(object, false);
