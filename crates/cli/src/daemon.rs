@@ -61,7 +61,17 @@ pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> Exi
         config: settings,
         config_path,
         data_dir: data.to_path_buf(),
-        store: options.store.or_else(|| std::env::var(STORE_ENV).ok()),
+        store: options.store.or_else(|| {
+            let store = std::env::var(STORE_ENV).ok();
+            // Read once, then gone: no job the daemon starts inherits it.
+            // SAFETY: no other thread runs yet (the daemon's threads start
+            // later), so nothing reads the environment meanwhile.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::remove_var(STORE_ENV);
+            }
+            store
+        }),
         jobs: options.jobs,
         lease: std::time::Duration::from_secs(options.lease_secs),
         http: options.http,

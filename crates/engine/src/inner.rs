@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     pub(crate) families: RefCell<HashMap<String, Vec<String>>>,
     /// The places (`kind:computer`) whose lease this engine holds.
     pub(crate) held: RefCell<std::collections::HashSet<String>>,
+    /// The epoch of this engine's claim on each process it drives (a claim
+    /// made again, by a second `recover`, moves it on; the process goes on).
+    pub(crate) epochs: RefCell<HashMap<String, i64>>,
     me: Weak<Inner>,
 }
 
@@ -94,6 +97,7 @@ impl Inner {
             waiters: RefCell::default(),
             families: RefCell::default(),
             held: RefCell::default(),
+            epochs: RefCell::default(),
             me: me.clone(),
         })
     }
@@ -108,20 +112,31 @@ impl Inner {
         self.store.register_engine(&id.id, &id.host, std::process::id(), &id.pool, lease_ms).await?;
         self.registered.set(true);
         let (store, engine, lost) = (self.store.clone(), id.id.clone(), self.lost.clone());
-        let every = id.lease / 3;
+        let (every, lease) = (id.lease / 3, id.lease);
         tokio::task::spawn_local(async move {
+            // Sent before the heartbeat that renewed the lease: the lease
+            // holds until at least then + lease, by any clock.
+            let mut renewed = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
-                match store.heartbeat(&engine, lease_ms).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::error!(engine = %engine, "this engine's lease expired: it drives nothing more");
-                        let _ = lost.send(true);
-                        return;
+                let sent = tokio::time::Instant::now();
+                let expired = match store.heartbeat(&engine, lease_ms).await {
+                    Ok(true) => {
+                        renewed = sent;
+                        false
                     }
-                    // The store is down: try again; the lease runs out
-                    // meanwhile if it stays down, and then we learn it.
-                    Err(e) => tracing::warn!(engine = %engine, error = %e, "heartbeat failed"),
+                    Ok(false) => true,
+                    // The store cannot be reached: once the lease may have
+                    // run out, another engine may drive our processes.
+                    Err(e) => {
+                        tracing::warn!(engine = %engine, error = %e, "heartbeat failed");
+                        renewed.elapsed() >= lease
+                    }
+                };
+                if expired {
+                    tracing::error!(engine = %engine, "this engine's lease expired: it drives nothing more");
+                    let _ = lost.send(true);
+                    return;
                 }
             }
         });
@@ -157,14 +172,49 @@ impl Inner {
         Ok(())
     }
 
+    /// Claims the ended processes whose work is left to finish (its own ones
+    /// too with `own`, at start), does each one's work in the background, and
+    /// records its end fenced by the claim; a mark with nothing behind it is
+    /// cleared.
+    pub(crate) async fn resume_pending_work(&self, own: bool) -> Result<Vec<String>, StoreError> {
+        let mut resumed = Vec::new();
+        let identity = &self.identity;
+        for stored in self.store.claim_pending(&identity.id, &identity.pool, own).await? {
+            let fence = Fence { owner: identity.id.clone(), epoch: stored.epoch };
+            let job = serde_json::from_str::<drover_kind::Job>(&stored.spec).map_err(|e| e.to_string());
+            let kind = job.as_ref().map_err(Clone::clone).and_then(|job| self.kinds.get(job.kind()).map(|k| (job, k)));
+            let (job, kind) = match kind {
+                Ok(found) => found,
+                Err(e) => {
+                    // Kept marked, for an engine that has its kind.
+                    self.store.mark_error(&stored.id, &e).await?;
+                    continue;
+                }
+            };
+            let Some(work) = kind.finish(job, &stored.checkpoint) else {
+                let mut clear = Record::new(stored.checkpoint.clone(), stored.paused, true);
+                clear.fence = Some(fence);
+                self.store.commit_record(&stored.id, clear).await?;
+                continue;
+            };
+            let (store, id) = (self.store.clone(), stored.id.clone());
+            tokio::task::spawn_local(async move {
+                let mut done = Record::new(work.await, false, true);
+                done.fence = Some(fence);
+                if let Err(e) = store.commit_record(&id, done).await {
+                    tracing::warn!(process = %id, error = %e, "the end of its left work was not recorded");
+                }
+            });
+            resumed.push(stored.id);
+        }
+        Ok(resumed)
+    }
+
     /// Starts claimed processes: each restored from its checkpoint, unless it
-    /// runs already here, or it is bound to another host (then it is marked
-    /// lost, naming the host).
-    pub(crate) async fn take_over(
-        self: &Rc<Self>,
-        claimed: Vec<StoredProcess>,
-        recovery: &mut crate::Recovery,
-    ) -> Result<(), StoreError> {
+    /// runs already here (then it goes on under the new claim), or it is
+    /// bound to another host (then it is marked lost, naming the host). A
+    /// process that cannot be loaded or marked is reported in `recovery`.
+    pub(crate) async fn take_over(self: &Rc<Self>, claimed: Vec<StoredProcess>, recovery: &mut crate::Recovery) {
         for stored in &claimed {
             if let Some(parent) = &stored.parent {
                 let mut families = self.families.borrow_mut();
@@ -176,6 +226,8 @@ impl Inner {
         }
         for stored in claimed {
             if self.handles.borrow().get(&stored.id).is_some_and(|h| !h.is_done()) {
+                // Running here already: it goes on, under the new claim.
+                self.epochs.borrow_mut().insert(stored.id.clone(), stored.epoch);
                 continue;
             }
             let kind = self.kinds.get(&stored.kind).ok();
@@ -187,19 +239,29 @@ impl Inner {
                 let reason =
                     format!("lost: it runs on host {host}, and this engine on {here}; not re-attached, not run again");
                 let fence = Fence { owner: self.identity.id.clone(), epoch: stored.epoch };
-                self.store.mark_lost(&stored.id, &reason, fence).await?;
-                recovery.lost.push((stored.id, reason));
+                match self.store.mark_lost(&stored.id, &reason, fence).await {
+                    Ok(()) => {
+                        // A parent waiting for it learns it ended.
+                        if let Ok(Some(lost)) = self.store.get(&stored.id).await {
+                            self.ended(self.end_of(&lost));
+                        }
+                        recovery.lost.push((stored.id, reason));
+                    }
+                    Err(e) => recovery.failed.push((stored.id, format!("could not mark it lost: {e}"))),
+                }
                 continue;
             }
             match self.restore(&stored) {
                 Ok(()) => recovery.resumed.push(stored.id),
                 Err(error) => {
-                    self.store.mark_error(&stored.id, &error).await?;
+                    // Left claimed, with the reason; the next start tries again.
+                    if let Err(e) = self.store.mark_error(&stored.id, &error).await {
+                        tracing::warn!(process = %stored.id, error = %e, "could not mark a process that did not load");
+                    }
                     recovery.failed.push((stored.id, error));
                 }
             }
         }
-        Ok(())
     }
 
     fn restore(self: &Rc<Self>, stored: &StoredProcess) -> Result<(), String> {
@@ -248,6 +310,7 @@ impl Inner {
                 if let Some(inner) = map.upgrade() {
                     inner.handles.borrow_mut().remove(&id);
                     inner.families.borrow_mut().remove(&id);
+                    inner.epochs.borrow_mut().remove(&id);
                 }
             });
         }
@@ -261,18 +324,33 @@ impl Inner {
     pub(crate) async fn record(
         &self,
         id: &str,
-        epoch: i64,
         checkpoint: String,
         paused: bool,
         terminal: bool,
         pending_work: bool,
     ) -> bool {
-        let mut children = self.staged.borrow_mut().remove(id).unwrap_or_default();
+        self.record_at(id, None, checkpoint, paused, terminal, pending_work).await
+    }
+
+    /// As [`record`](Self::record), under claim `epoch` if given (else the
+    /// process's current one).
+    pub(crate) async fn record_at(
+        &self,
+        id: &str,
+        epoch: Option<i64>,
+        checkpoint: String,
+        paused: bool,
+        terminal: bool,
+        pending_work: bool,
+    ) -> bool {
+        // A terminal state starts no child (a kill landed after the staging).
+        let mut children = self.staged.borrow_mut().remove(id).filter(|_| !terminal).unwrap_or_default();
         let mut delay = Duration::from_millis(100);
         loop {
             if *self.lost.borrow() {
                 return false;
             }
+            let Some(epoch) = epoch.or_else(|| self.epochs.borrow().get(id).copied()) else { return false };
             let news: Vec<NewProcess> = children.iter().filter_map(|c| self.new_child(id, c)).collect();
             let record = Record {
                 checkpoint: checkpoint.clone(),
@@ -284,12 +362,14 @@ impl Inner {
             };
             match self.store.commit_record(id, record).await {
                 Ok(()) => break,
-                Err(StoreError::Fenced(_)) => {
+                Err(StoreError::Fenced(_) | StoreError::Unknown(_)) => {
                     tracing::warn!(process = %id, "another engine drives this process now; this one stops driving it");
                     self.handles.borrow_mut().remove(id);
+                    self.epochs.borrow_mut().remove(id);
                     return false;
                 }
                 Err(StoreError::Duplicate(child)) => {
+                    // Its waiters learn it is not this parent's (see `wait`).
                     tracing::error!(process = %id, %child, "a child's id is another process's: not spawned");
                     let _ = self.store.mark_error(id, &format!("child `{child}` not spawned: the id is taken")).await;
                     children.retain(|c| c.id != child);
@@ -404,7 +484,7 @@ impl Inner {
             .ok()
             .and_then(|k| k.info().ended(&stored.checkpoint))
             .is_some_and(|e| e.succeeded);
-        ChildEnd { id: stored.id.clone(), state: state_name(&data), succeeded, data }
+        ChildEnd { id: stored.id.clone(), parent: stored.parent.clone(), state: state_name(&data), succeeded, data }
     }
 }
 
@@ -426,14 +506,30 @@ impl ChildHost for Host {
         let taken =
             inner.handles.borrow().contains_key(&child.id) || staged.values().flatten().any(|c| c.id == child.id);
         if taken {
-            return Err(refuse("spawned already".to_owned()));
+            return Err(refuse("the id is taken: a process of this engine, or a child spawned already".to_owned()));
         }
         staged.entry(parent.to_owned()).or_default().push(child);
         Ok(())
     }
 
-    fn wait(&self, ids: Vec<String>) -> Pin<Box<dyn Future<Output = Vec<ChildEnd>>>> {
+    fn wait(&self, parent: &str, ids: Vec<String>) -> Pin<Box<dyn Future<Output = Vec<ChildEnd>>>> {
         let weak = self.0.clone();
+        let parent = parent.to_owned();
+        // Another process of the same id is never taken for this parent's child.
+        let own = move |end: ChildEnd| {
+            if end.parent.as_deref() == Some(parent.as_str()) {
+                end
+            } else {
+                let data = serde_json::json!({ "Refused": { "reason": "the id is another process's" } });
+                ChildEnd {
+                    id: end.id,
+                    parent: Some(parent.clone()),
+                    state: "refused".to_owned(),
+                    succeeded: false,
+                    data,
+                }
+            }
+        };
         Box::pin(async move {
             let mut ends = Vec::with_capacity(ids.len());
             for id in ids {
@@ -443,12 +539,12 @@ impl ChildHost for Host {
                 if let Ok(Some(stored)) = inner.store.get(&id).await
                     && stored.terminal
                 {
-                    ends.push(inner.end_of(&stored));
+                    ends.push(own(inner.end_of(&stored)));
                     continue;
                 }
                 drop(inner);
                 match rx.await {
-                    Ok(end) => ends.push(end),
+                    Ok(end) => ends.push(own(end)),
                     Err(_) => return std::future::pending().await,
                 }
             }

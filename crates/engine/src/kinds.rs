@@ -241,10 +241,10 @@ impl<K: Kind> DynKind for Registered<K> {
         let state = start.checkpoint.as_deref().map(decode::<K::State>).transpose().map_err(|e| e.to_string())?;
         let context = Context { id: start.id.clone(), children: inner.children_of(&start.id), binding: start.binding };
         let proc = K::build(&self.env, context, spec.clone(), state)?;
+        inner.epochs.borrow_mut().insert(start.id.clone(), start.epoch);
         let recorder = EngineRecorder::<K> {
             inner: Rc::downgrade(inner),
             id: start.id.clone(),
-            epoch: start.epoch,
             env: self.env.clone(),
             spec,
             template: start.template,
@@ -362,7 +362,6 @@ impl<K: Kind> Live for LiveProcess<K> {
 struct EngineRecorder<K: Kind> {
     inner: std::rc::Weak<Inner>,
     id: String,
-    epoch: i64,
     env: K::Env,
     spec: K::Spec,
     template: ProcessInfo,
@@ -374,7 +373,7 @@ impl<K: Kind> Recorder<K::State> for EngineRecorder<K> {
         let terminal = state.is_done();
         let pending_work = terminal && K::unfinished(state);
         let checkpoint = encode(state);
-        if !inner.record(&self.id, self.epoch, checkpoint, paused, terminal, pending_work).await {
+        if !inner.record(&self.id, checkpoint, paused, terminal, pending_work).await {
             // Another engine drives it now: this one stops here, for good.
             return std::future::pending().await;
         }
@@ -384,6 +383,7 @@ impl<K: Kind> Recorder<K::State> for EngineRecorder<K> {
             let ended = K::ended(state);
             inner.ended(ChildEnd {
                 id: self.id.clone(),
+                parent: self.template.parent.clone(),
                 state: crate::info::state_name(&value),
                 succeeded: ended.succeeded,
                 data: value,
@@ -391,12 +391,12 @@ impl<K: Kind> Recorder<K::State> for EngineRecorder<K> {
             if pending_work {
                 let (env, spec, state) = (self.env.clone(), self.spec.clone(), state.clone());
                 let id = self.id.clone();
-                let epoch = self.epoch;
                 let weak = self.inner.clone();
+                let epoch = inner.epochs.borrow().get(&id).copied();
                 tokio::task::spawn_local(async move {
                     let done = K::finish(&env, &spec, state).await;
                     if let Some(inner) = weak.upgrade() {
-                        inner.record(&id, epoch, encode(&done), false, true, false).await;
+                        inner.record_at(&id, epoch, encode(&done), false, true, false).await;
                     }
                 });
             }

@@ -543,26 +543,7 @@ impl Engine {
     /// yet confirmed when the last engine stopped), and records each once it
     /// is done: no job is left running on a cluster because an engine crashed.
     async fn resume_pending_work(&self) -> Result<Vec<String>, EngineError> {
-        let mut resumed = Vec::new();
-        let identity = &self.inner.identity;
-        for stored in self.inner.store.pending_work(&identity.id, &identity.pool).await? {
-            let Ok(job) = serde_json::from_str::<Job>(&stored.spec) else { continue };
-            let kind = match self.inner.kinds.get(job.kind()) {
-                Ok(kind) => kind,
-                Err(e) => {
-                    self.inner.store.mark_error(&stored.id, &e).await?;
-                    continue;
-                }
-            };
-            let Some(work) = kind.finish(&job, &stored.checkpoint) else { continue };
-            let (store, id) = (self.inner.store.clone(), stored.id.clone());
-            tokio::task::spawn_local(async move {
-                let done = work.await;
-                let _ = store.record(&id, done, false, true).await;
-            });
-            resumed.push(stored.id);
-        }
-        Ok(resumed)
+        Ok(self.inner.resume_pending_work(true).await?)
     }
 
     /// Claims and resumes the store's unfinished processes that are this
@@ -584,7 +565,7 @@ impl Engine {
         let mut recovery = Recovery { cancels: self.resume_pending_work().await?, ..Recovery::default() };
         let identity = &self.inner.identity;
         let claimed = self.inner.store.claim(&identity.id, &identity.pool, i64::MAX, true).await?;
-        self.inner.take_over(claimed, &mut recovery).await?;
+        self.inner.take_over(claimed, &mut recovery).await;
         Ok(recovery)
     }
 
@@ -607,9 +588,11 @@ impl Engine {
                 }
                 let result: Result<Recovery, StoreError> = async {
                     inner.acquire_places().await?;
+                    // The cancels and deletes a dead engine left to confirm.
+                    inner.resume_pending_work(false).await?;
                     let claimed = inner.store.claim(&inner.identity.id, &inner.identity.pool, batch, false).await?;
                     let mut recovery = Recovery::default();
-                    inner.take_over(claimed, &mut recovery).await?;
+                    inner.take_over(claimed, &mut recovery).await;
                     Ok(recovery)
                 }
                 .await;

@@ -154,3 +154,36 @@ fn parents_and_children_recover_together() {
         assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2, "a child ran twice");
     });
 }
+
+#[test]
+fn a_child_whose_id_is_another_process_s_is_reported_as_refused_not_as_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    run(|local| async move {
+        let store = Store::open(db.to_str().unwrap()).await.unwrap();
+        let e = engine(store.clone(), &local, dir.path(), 2);
+        // A running process of this engine has the id: refused when spawned.
+        e.submit("h.a", Job::new::<ShellKind>(&ShellJob { spec: ShellSpec::script("sleep 1") })).await.unwrap();
+        e.submit("h", group(vec![shell("a", "exit 0")])).await.unwrap();
+        // Another process, ended, has it in the store: the store refuses the
+        // child, and the group does not take that process's end for its own.
+        let job =
+            serde_json::to_string(&Job::new::<ShellKind>(&ShellJob { spec: ShellSpec::script("exit 7") })).unwrap();
+        let done = drover_store::encode(&ShellState::Finished { exit_code: 7, ran_for: Duration::ZERO });
+        store.insert(drover_store::NewProcess::new("g.a", "shell", job, done.clone())).await.unwrap();
+        store.record("g.a", done, false, true).await.unwrap();
+        e.submit("g", group(vec![shell("a", "exit 0"), shell("b", "exit 0")])).await.unwrap();
+        let outcomes = tokio::time::timeout(Duration::from_secs(20), e.wait_all()).await.expect("it ends");
+        let h = outcomes.iter().find(|(id, _)| id == "h").unwrap();
+        assert!(
+            matches!(h.1.state::<GroupKind>(), Some(GroupState::Failed { reason }) if reason.contains("the id is taken"))
+        );
+        let g = outcomes.iter().find(|(id, _)| id == "g").unwrap();
+        assert_eq!(
+            g.1.state::<GroupKind>(),
+            Some(GroupState::Finished { exit_code: 1, failed: vec!["g.a (refused)".into()] })
+        );
+        assert_eq!(store.get("g.a").await.unwrap().unwrap().parent, None, "the other process was adopted");
+        assert!(store.get("g").await.unwrap().unwrap().error.unwrap().contains("`g.a` not spawned"));
+    });
+}

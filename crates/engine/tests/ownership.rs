@@ -115,3 +115,67 @@ fn a_shell_process_of_another_host_is_marked_lost_naming_the_host() {
         assert!(!marker.exists(), "a process of another host ran here");
     });
 }
+
+#[test]
+fn recovering_again_leaves_the_running_processes_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    run(|local| async move {
+        let store = Store::open(db.to_str().unwrap()).await.unwrap();
+        let e = engine(store.clone(), &local, &dir.path().join("runs"), "twice", Duration::from_secs(10));
+        e.submit("p", shell("sleep 0.5")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A second recover claims it again (a new epoch): it goes on under it.
+        e.recover().await.unwrap();
+        let outcomes = tokio::time::timeout(Duration::from_secs(10), e.wait_all()).await.expect("it ends");
+        assert!(outcomes[0].1.succeeded(), "{outcomes:?}");
+        let p = store.get("p").await.unwrap().unwrap();
+        assert!(p.terminal && p.epoch == 2, "{p:?}");
+    });
+}
+
+#[test]
+fn a_child_marked_lost_wakes_its_waiting_parent() {
+    use drover_group::{GroupJob, GroupKind, GroupState, Member};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    run(|local| async move {
+        let store = Store::open(db.to_str().unwrap()).await.unwrap();
+        let child = shell("true");
+        let group = Job::new::<GroupKind>(&GroupJob {
+            jobs: vec![Member { name: "a".into(), job: child.clone() }],
+            batch: None,
+        });
+        store
+            .insert(NewProcess::new(
+                "g",
+                "group",
+                serde_json::to_string(&group).unwrap(),
+                encode(&GroupState::Waiting { children: 1 }),
+            ))
+            .await
+            .unwrap();
+        let mut far =
+            NewProcess::new("g.a", "shell", serde_json::to_string(&child).unwrap(), encode(&ShellState::Starting));
+        far.parent = Some("g".into());
+        far.host = Some("login7.cluster.example:/runs".into());
+        store.insert(far).await.unwrap();
+        let kinds = Kinds::new()
+            .with::<ShellKind>(ShellEnv { governor: Governor::new(2), run_root: dir.path().join("runs") })
+            .with::<GroupKind>(());
+        let e = Engine::with_identity(
+            store.clone(),
+            local.clone(),
+            kinds,
+            Identity { id: "here".into(), ..Identity::fresh("daemon") },
+        );
+        let recovery = e.recover().await.unwrap();
+        assert_eq!((recovery.resumed.as_slice(), recovery.lost.len()), (&["g".to_owned()][..], 1));
+        let outcomes = tokio::time::timeout(Duration::from_secs(10), e.wait_all()).await.expect("the group ends");
+        let g = outcomes.iter().find(|(id, _)| id == "g").unwrap();
+        assert_eq!(
+            g.1.state::<GroupKind>(),
+            Some(GroupState::Finished { exit_code: 1, failed: vec!["g.a (lost)".into()] })
+        );
+    });
+}

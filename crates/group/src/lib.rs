@@ -124,7 +124,8 @@ impl Process<GroupState> for GroupProcess {
     async fn advance(&mut self) {
         match &self.state {
             GroupState::Spawning { spawned } => {
-                let (from, total) = (*spawned, self.job.jobs.len());
+                // A checkpoint that says more than the spec has is read as all.
+                let (total, from) = (self.job.jobs.len(), *spawned);
                 if from >= total {
                     self.state = GroupState::Waiting { children: total };
                     return;
@@ -140,7 +141,7 @@ impl Process<GroupState> for GroupProcess {
                 self.state = GroupState::Spawning { spawned: to };
             }
             GroupState::Waiting { children } => {
-                let ids: Vec<String> = (0..*children).map(|n| self.child_id(n)).collect();
+                let ids: Vec<String> = (0..(*children).min(self.job.jobs.len())).map(|n| self.child_id(n)).collect();
                 let ends = interruptible(self.children.wait(ids)).await;
                 let failed: Vec<String> = ends.iter().filter(|e| !e.succeeded).map(describe_end).collect();
                 let exit_code = i32::from(!failed.is_empty());

@@ -23,6 +23,9 @@ pub struct NewChild {
 pub struct ChildEnd {
     /// Its id.
     pub id: String,
+    /// Its parent, as recorded (a process of the same id that is not this
+    /// parent's child is reported as a failed child, never as its own end).
+    pub parent: Option<String>,
     /// Its final state's name (`finished`, `failed`, `killed`, ...).
     pub state: String,
     /// Whether it succeeded.
@@ -59,7 +62,7 @@ pub trait ChildHost {
 
     /// Resolves once every process of `ids` has ended, with how each ended,
     /// in the order of `ids`.
-    fn wait(&self, ids: Vec<String>) -> Pin<Box<dyn Future<Output = Vec<ChildEnd>>>>;
+    fn wait(&self, parent: &str, ids: Vec<String>) -> Pin<Box<dyn Future<Output = Vec<ChildEnd>>>>;
 }
 
 /// A process's handle on its children, given when it is built.
@@ -111,7 +114,7 @@ impl Children {
     /// sees children that ended meanwhile.
     pub async fn wait(&self, ids: Vec<String>) -> Vec<ChildEnd> {
         match &self.host {
-            Some(host) => host.wait(ids).await,
+            Some(host) => host.wait(&self.parent, ids).await,
             None => std::future::pending().await,
         }
     }

@@ -45,7 +45,7 @@ impl<S: State + Checkpoint> Recorder<S> for StoreRecorder<S> {
             record.fence.clone_from(&self.fence);
             match self.store.commit_record(&self.id, record).await {
                 Ok(()) => return,
-                Err(StoreError::Fenced(_)) => {
+                Err(StoreError::Fenced(_) | StoreError::Unknown(_)) => {
                     tracing::warn!(process = %self.id, "another engine drives this process now; it stops here");
                     return std::future::pending().await;
                 }

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 /// The version of the schema this drover writes.
 pub const SCHEMA_VERSION: u32 = 2;
 const MAGIC: &str = "drover-store";
+/// The tables of a store (for a shared PostgreSQL database that has others).
+const OUR_TABLES: &[&str] = &["drover_meta", "processes", "events", "drover_engines", "drover_leases"];
 /// The columns of a process, as [`process`] reads them.
 const COLS: &str = "id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work";
 
@@ -299,7 +301,7 @@ fn schema(serial_key: &str) -> Vec<String> {
     ]
 }
 
-const ENGINES: &str = "CREATE TABLE engines (
+const ENGINES: &str = "CREATE TABLE drover_engines (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
     pid BIGINT NOT NULL,
@@ -310,7 +312,7 @@ const ENGINES: &str = "CREATE TABLE engines (
 
 /// Places (a kind's computer) held by one engine at a time: valid while
 /// their owner's lease holds.
-const LEASES: &str = "CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL)";
+const LEASES: &str = "CREATE TABLE drover_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL)";
 
 /// The steps from schema version 1 to 2 (ownership, children, places).
 fn migrate_1_to_2() -> Vec<String> {
@@ -413,10 +415,13 @@ impl Store {
     ///
     /// As [`Store::open`].
     pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
-        // Never the password in a message.
-        let location = match url.split_once('@') {
-            Some((_, host)) => format!("postgres://…@{host}"),
-            None => url.to_owned(),
+        // Never the password in a message: neither the user's part (which
+        // may hold `@`) nor the query (which may say `password=`).
+        let location = {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("postgres://…@{host}/{}", path.split('?').next().unwrap_or(""))
         };
         let db_err = |e: sqlx::Error| StoreError::Db { location: location.clone(), message: e.to_string() };
         let pool = PgPoolOptions::new()
@@ -434,8 +439,7 @@ impl Store {
                 .map(|r| r.get::<String, _>(0))
                 .collect();
         // A shared database may hold other tables; ours must not collide.
-        let ours: Vec<String> =
-            tables.into_iter().filter(|t| ["drover_meta", "processes", "events"].contains(&t.as_str())).collect();
+        let ours: Vec<String> = tables.into_iter().filter(|t| OUR_TABLES.contains(&t.as_str())).collect();
         let meta = if ours.iter().any(|t| t == "drover_meta") {
             Some(meta_rows(&mut *pool.acquire().await.map_err(db_err)?).await.map_err(db_err)?)
         } else {
@@ -465,10 +469,36 @@ impl Store {
 
     /// Brings an existing store to this schema version, one transaction per
     /// step.
+    ///
+    /// Engines opening one store at once migrate it once: the step takes the
+    /// write lock first (a no-op update of the version), reads the version
+    /// again, and does nothing if another engine migrated meanwhile.
     async fn migrate(db: &Db, location: &str, judged: Judged) -> Result<(), StoreError> {
-        if judged == Judged::Existing(1) {
-            Store::create(db, location, &migrate_1_to_2()).await?;
+        if judged != Judged::Existing(1) {
+            return Ok(());
         }
+        let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
+        on_db!(db, pool => {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            if matches!(db, Db::Postgres(_)) {
+                sqlx::query("LOCK TABLE drover_meta IN EXCLUSIVE MODE").execute(&mut *tx).await.map_err(db_err)?;
+            }
+            sqlx::query("UPDATE drover_meta SET value = value WHERE key = 'schema_version'")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let version: String = sqlx::query("SELECT value FROM drover_meta WHERE key = 'schema_version'")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .get(0);
+            if version == "1" {
+                for statement in migrate_1_to_2() {
+                    sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await.map_err(db_err)?;
+                }
+            }
+            tx.commit().await.map_err(db_err)?;
+        });
         Ok(())
     }
 
@@ -549,7 +579,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = self.now_sql();
         let sql = format!(
-            "INSERT INTO engines (id, host, pid, started_at, lease_until, pool) VALUES ($1, $2, $3, {now}, {now} + $4, $5)
+            "INSERT INTO drover_engines (id, host, pid, started_at, lease_until, pool) VALUES ($1, $2, $3, {now}, {now} + $4, $5)
              ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
              lease_until = excluded.lease_until, pool = excluded.pool"
         );
@@ -569,7 +599,7 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn heartbeat(&self, id: &str, lease_ms: i64) -> Result<bool, StoreError> {
         let now = self.now_sql();
-        let sql = format!("UPDATE engines SET lease_until = {now} + $1 WHERE id = $2 AND lease_until >= {now}");
+        let sql = format!("UPDATE drover_engines SET lease_until = {now} + $1 WHERE id = $2 AND lease_until >= {now}");
         let updated = on_db!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_ms).bind(id).execute(pool).await.map_err(|e| self.db_err(e))?.rows_affected()
         });
@@ -584,7 +614,7 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn release_engine(&self, id: &str) -> Result<(), StoreError> {
         on_db!(&self.db, pool => {
-            sqlx::query("UPDATE engines SET lease_until = 0 WHERE id = $1").bind(id).execute(pool).await.map_err(|e| self.db_err(e))?;
+            sqlx::query("UPDATE drover_engines SET lease_until = 0 WHERE id = $1").bind(id).execute(pool).await.map_err(|e| self.db_err(e))?;
         });
         Ok(())
     }
@@ -600,7 +630,7 @@ impl Store {
         let sql = format!(
             "SELECT e.id, e.host, e.pid, e.started_at, e.lease_until, e.pool, e.lease_until >= {now} AS live,
                     (SELECT COUNT(*) FROM processes p WHERE p.owner = e.id AND NOT p.terminal) AS owns
-             FROM engines e ORDER BY e.started_at, e.id"
+             FROM drover_engines e ORDER BY e.started_at, e.id"
         );
         let mut engines: Vec<EngineRecord> = on_db!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(|r| EngineRecord {
@@ -645,12 +675,12 @@ impl Store {
         let mine = if own { "p.owner = $1" } else { "FALSE" };
         let who = format!(
             "({mine} OR (p.owner IS NULL AND $3 = 'daemon')
-              OR EXISTS (SELECT 1 FROM engines e WHERE e.id = p.owner AND e.pool = $3 AND e.lease_until < {now}))"
+              OR EXISTS (SELECT 1 FROM drover_engines e WHERE e.id = p.owner AND e.pool = $3 AND e.lease_until < {now}))"
         );
         // A process with a place (a computer) goes only to the engine that
         // holds the place, so that a cluster sees one engine at a time.
         let place = "($3 <> 'daemon' OR p.place IS NULL
-                      OR EXISTS (SELECT 1 FROM leases l WHERE l.name = p.kind || ':' || p.place AND l.owner = $1))";
+                      OR EXISTS (SELECT 1 FROM drover_leases l WHERE l.name = p.kind || ':' || p.place AND l.owner = $1))";
         let root =
             "(p.parent IS NULL OR NOT EXISTS (SELECT 1 FROM processes q WHERE q.id = p.parent AND NOT q.terminal))";
         let roots_sql = format!(
@@ -688,20 +718,29 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Terminal processes whose state left work to finish (a cancel or a
-    /// delete to confirm) that engine `owner` of `pool` may take up (as
-    /// [`claim`](Self::claim) decides): after a restart.
+    /// Claims, for engine `owner` of `pool`, the terminal processes whose
+    /// state left work to finish (a cancel or a delete to confirm), as
+    /// [`claim`](Self::claim) decides who may (its own ones with `own`, when
+    /// it starts), each at a new epoch: one engine does the work, and
+    /// records its end fenced.
     ///
     /// # Errors
     ///
     /// [`StoreError::Db`].
-    pub async fn pending_work(&self, owner: &str, pool: &str) -> Result<Vec<StoredProcess>, StoreError> {
+    pub async fn claim_pending(&self, owner: &str, pool: &str, own: bool) -> Result<Vec<StoredProcess>, StoreError> {
         let now = self.now_sql();
+        let mine = if own { "p.owner = $1" } else { "FALSE" };
+        let lock = match self.db {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => "FOR UPDATE OF p SKIP LOCKED",
+        };
         let sql = format!(
-            "SELECT {COLS} FROM processes p WHERE terminal AND pending_work
-             AND (p.owner = $1 OR (p.owner IS NULL AND $2 = 'daemon')
-                  OR EXISTS (SELECT 1 FROM engines e WHERE e.id = p.owner AND e.pool = $2 AND e.lease_until < {now}))
-             ORDER BY created_at, id"
+            "UPDATE processes SET owner = $1, epoch = epoch + 1 WHERE id IN (
+                SELECT p.id FROM processes p WHERE p.terminal AND p.pending_work
+                AND ({mine} OR (p.owner IS NULL AND $2 = 'daemon')
+                     OR EXISTS (SELECT 1 FROM drover_engines e WHERE e.id = p.owner AND e.pool = $2 AND e.lease_until < {now}))
+                ORDER BY p.created_at, p.id {lock}
+             ) RETURNING {COLS}"
         );
         Ok(on_db!(&self.db, db => {
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner).bind(pool).fetch_all(db).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
@@ -718,13 +757,13 @@ impl Store {
     pub async fn acquire(&self, name: &str, owner: &str) -> Result<String, StoreError> {
         let now = self.now_sql();
         let take = format!(
-            "INSERT INTO leases (name, owner) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner
-             WHERE leases.owner = excluded.owner
-                OR NOT EXISTS (SELECT 1 FROM engines e WHERE e.id = leases.owner AND e.lease_until >= {now})"
+            "INSERT INTO drover_leases (name, owner) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner
+             WHERE drover_leases.owner = excluded.owner
+                OR NOT EXISTS (SELECT 1 FROM drover_engines e WHERE e.id = drover_leases.owner AND e.lease_until >= {now})"
         );
         Ok(on_db!(&self.db, db => {
             sqlx::query(sqlx::AssertSqlSafe(take)).bind(name).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?;
-            sqlx::query("SELECT owner FROM leases WHERE name = $1").bind(name).fetch_one(db).await.map_err(|e| self.db_err(e))?.get::<String, _>(0)
+            sqlx::query("SELECT owner FROM drover_leases WHERE name = $1").bind(name).fetch_one(db).await.map_err(|e| self.db_err(e))?.get::<String, _>(0)
         }))
     }
 
@@ -741,7 +780,7 @@ impl Store {
         const SQL: &str = "UPDATE processes SET owner = NULL, epoch = epoch + 1
             WHERE owner = $1 AND NOT terminal AND place IS NOT NULL
             AND (parent IS NULL OR NOT EXISTS (SELECT 1 FROM processes q WHERE q.id = processes.parent AND NOT q.terminal))
-            AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = processes.kind || ':' || processes.place AND l.owner = $1)";
+            AND NOT EXISTS (SELECT 1 FROM drover_leases l WHERE l.name = processes.kind || ':' || processes.place AND l.owner = $1)";
         Ok(on_db!(&self.db, db => {
             sqlx::query(SQL).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?.rows_affected()
         }))
@@ -754,7 +793,7 @@ impl Store {
     /// [`StoreError::Db`].
     pub async fn places(&self, owner: &str) -> Result<Vec<String>, StoreError> {
         Ok(on_db!(&self.db, db => {
-            sqlx::query("SELECT name FROM leases WHERE owner = $1 ORDER BY name").bind(owner).fetch_all(db).await
+            sqlx::query("SELECT name FROM drover_leases WHERE owner = $1 ORDER BY name").bind(owner).fetch_all(db).await
                 .map_err(|e| self.db_err(e))?.iter().map(|r| r.get::<String, _>(0)).collect()
         }))
     }

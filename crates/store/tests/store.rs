@@ -281,7 +281,10 @@ async fn a_version_1_store_is_migrated_keeping_everything() {
     // The unconfirmed cancel is work left to finish, for whichever engine recovers.
     let k = store.get("k").await.unwrap().unwrap();
     assert!(k.pending_work && k.terminal);
-    assert_eq!(store.pending_work("e1", "daemon").await.unwrap().len(), 1);
+    let pending = store.claim_pending("e1", "daemon", true).await.unwrap();
+    assert_eq!(pending.iter().map(|p| (p.id.as_str(), p.epoch)).collect::<Vec<_>>(), [("k", 1)]);
+    // Claimed: a second engine finds nothing to take up.
+    assert!(store.claim_pending("e2", "daemon", false).await.unwrap().is_empty());
     // An unowned process of version 1 is claimed by the first engine that asks.
     store.register_engine("e1", "host", 1, "daemon", 10_000).await.unwrap();
     let claimed = store.claim("e1", "daemon", 100, true).await.unwrap();
