@@ -361,6 +361,8 @@ async fn answer(engine: Rc<Engine>, call: Call) {
 fn redact(location: &str) -> String {
     let Some((scheme, rest)) = location.split_once("://") else { return location.to_owned() };
     let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    // A query may carry `password=`: never shown.
+    let tail = tail.map(|t| t.split('?').next().unwrap_or(""));
     let Some((userinfo, host)) = authority.rsplit_once('@') else { return location.to_owned() };
     let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
     let shown = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
@@ -705,6 +707,7 @@ mod tests {
             "postgres://drover:***@127.0.0.1:5433/drover"
         );
         assert_eq!(redact("postgres://drover@host/db"), "postgres://drover@host/db");
+        assert_eq!(redact("postgres://u:p@ss@host/db?password=x"), "postgres://u:***@host/db");
         assert_eq!(redact("/data/drover.db"), "/data/drover.db");
     }
 
