@@ -68,15 +68,20 @@ enum Command {
     ///
     /// Exit codes: 0 every job succeeded; 1 a job failed; 2 bad input.
     #[command(
-        after_help = "Examples:\n  drover run examples/quickstart.toml\n  drover --data-dir /tmp/d run a.toml b.toml"
+        after_help = "Examples:\n  drover run examples/quickstart.toml\n  drover --data-dir /tmp/d run a.toml b.toml\n  drover run --resume run-mx5rrdvzpp"
     )]
     Run {
         /// The job files.
-        #[arg(required = true, value_name = "FILE")]
+        #[arg(required_unless_present = "resume", conflicts_with = "resume", value_name = "FILE")]
         files: Vec<PathBuf>,
         /// At most this many jobs run at once [default: the number of CPUs].
         #[arg(long, short = 'j', value_name = "N")]
         jobs: Option<usize>,
+        /// Takes up a run whose `drover run` was killed outright (not with
+        /// Ctrl-C, which kills its jobs): once its lease expired, its
+        /// unfinished jobs go on where they were, none run twice.
+        #[arg(long, value_name = "RUN")]
+        resume: Option<String>,
     },
     /// Submits the jobs of one or more job files to the daemon, all or none.
     ///
@@ -221,7 +226,7 @@ fn main() -> ExitCode {
     let data = daemon::absolute(data_dir(cli.data_dir));
     let config = daemon::absolute(cli.config_dir.unwrap_or_else(config::config_dir));
     match cli.command {
-        Command::Run { files, jobs } => run(&data, &config, &files, jobs),
+        Command::Run { files, jobs, resume } => run(&data, &config, &files, jobs, resume),
         Command::Submit { files, json } => remote::submit(&data, &files, json),
         Command::List { filter, json } => remote::list(&data, filter.into(), json),
         Command::Show { id, json } => remote::show(&data, &id, json),
@@ -321,9 +326,21 @@ fn test_computer(config: &std::path::Path, name: &str) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs: Option<usize>) -> ExitCode {
+fn run(
+    data: &std::path::Path,
+    config: &std::path::Path,
+    files: &[PathBuf],
+    jobs: Option<usize>,
+    resume: Option<String>,
+) -> ExitCode {
     let started = Instant::now();
-    let run_id = remote::new_run_id();
+    if let Some(run) = &resume
+        && (run.is_empty() || !run.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
+        eprintln!("drover: `{run}` is not a run id (like run-mx5rrdvzpp)");
+        return ExitCode::from(2);
+    }
+    let run_id = resume.clone().unwrap_or_else(remote::new_run_id);
     let out_dir = data.join("runs").join(&run_id);
     let (config_path, settings) = match config::read(config) {
         Ok(read) => read,
@@ -367,8 +384,10 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
         kinds_in(&serde_json::to_value(&p.job).unwrap_or_default(), &mut wanted);
     }
     let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    // A resumed run may have jobs of any kind.
+    let wanted = resume.is_none().then_some(wanted.as_slice());
     let supervise = out_dir.join(".supervise");
-    let kinds = match rt.block_on(Kinds::from_config(&settings, &config_path, &supervise, jobs, Some(&wanted))) {
+    let kinds = match rt.block_on(Kinds::from_config(&settings, &config_path, &supervise, jobs, wanted)) {
         Ok(kinds) => kinds,
         Err(e) => {
             eprintln!("drover: {e}\ndrover: nothing was run");
@@ -381,7 +400,7 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
     }
     let local = Rc::new(LocalSet::new());
     let total = planned.len();
-    let result: Result<Vec<(String, Outcome)>, (u8, String)> = local.block_on(&rt, {
+    let result: Result<(usize, Vec<(String, Outcome)>), (u8, String)> = local.block_on(&rt, {
         let local = local.clone();
         let run_id = run_id.clone();
         async move {
@@ -399,9 +418,10 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
                 jobs.push((id, job.job));
             }
             engine.submit_all(jobs).await.map_err(|e| (1, e.to_string()))?;
+            let total = if resume.is_some() { take_up(&engine, &run_id).await? } else { total };
             let mut progress = Progress::new(total, std::io::stderr().is_terminal(), &run_id);
             tokio::select! {
-                outcomes = engine.wait_each(|id, outcome| progress.ended(id, outcome)) => Ok(outcomes),
+                outcomes = engine.wait_each(|id, outcome| progress.ended(id, outcome)) => Ok((total, outcomes)),
                 _ = tokio::signal::ctrl_c() => {
                     // Ctrl-C: the run's jobs are killed (with their children),
                     // so that nothing is left for anyone to pick up by surprise.
@@ -418,8 +438,8 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
             }
         }
     });
-    let outcomes = match result {
-        Ok(outcomes) => outcomes,
+    let (total, outcomes) = match result {
+        Ok(ended) => ended,
         Err((code, e)) => {
             eprintln!("drover: {e}");
             return ExitCode::from(code);
@@ -437,6 +457,37 @@ fn run(data: &std::path::Path, config: &std::path::Path, files: &[PathBuf], jobs
         println!("  failed: {} ({})", short(id, &run_id), describe(outcome));
     }
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Takes up the unfinished jobs of run `run_id` once the lease of the
+/// `drover run` that drove them expired; says how many there are.
+async fn take_up(engine: &Engine, run_id: &str) -> Result<usize, (u8, String)> {
+    let prefix = format!("{run_id}.");
+    let ours = |p: &drover_engine::ProcessInfo| p.id.starts_with(&prefix) && p.parent.is_none();
+    let all: Vec<_> = engine.list().await.map_err(|e| (1, e.to_string()))?.into_iter().filter(ours).collect();
+    if all.is_empty() {
+        return Err((2, format!("no run `{run_id}` in this data directory's store")));
+    }
+    let me = engine.identity().id.clone();
+    let deadline = Instant::now() + engine.identity().lease * 3;
+    let mut taken = std::collections::HashSet::new();
+    loop {
+        let recovery = engine.recover().await.map_err(|e| (1, e.to_string()))?;
+        taken.extend(recovery.resumed.into_iter().filter(|id| all.iter().any(|p| p.id == *id)));
+        let list = engine.list().await.map_err(|e| (1, e.to_string()))?;
+        let waiting = list.iter().filter(|p| ours(p) && !p.terminal && p.owner.as_deref() != Some(me.as_str())).count();
+        if waiting == 0 {
+            eprintln!("drover: taking up {run_id}: {} of {} jobs had not ended", taken.len(), all.len());
+            return Ok(taken.len());
+        }
+        if Instant::now() > deadline {
+            return Err((
+                1,
+                format!("{run_id}: {waiting} jobs are still another engine's (is its `drover run` alive?)"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 fn short<'a>(id: &'a str, run_id: &str) -> &'a str {

@@ -411,3 +411,35 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
     assert_eq!(ssh, 2, "SSH connections to the cluster");
     assert!(squeues <= intervals + 6, "{squeues} squeue calls in {intervals} intervals");
 }
+
+#[test]
+fn a_run_killed_outright_is_taken_up_by_resume_with_nothing_run_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let d = dirs(root.path(), "data");
+    let marker = root.path().join("marker");
+    let mut file = String::new();
+    for i in 0..4 {
+        file.push_str(&format!("[[job]]\nid = \"j{i}\"\nscript = \"echo j{i} >> {}; sleep 2\"\n\n", marker.display()));
+    }
+    let jobs = root.path().join("jobs.toml");
+    std::fs::write(&jobs, file).unwrap();
+    let mut run = spawn(&d, &["run", "-j", "2", jobs.to_str().unwrap()]);
+    until("two jobs run", 20, || std::fs::read_to_string(&marker).is_ok_and(|m| m.lines().count() == 2));
+    signal(run.id(), libc::SIGKILL);
+    run.wait().unwrap();
+    let run_id = std::fs::read_dir(d.data.join("runs")).unwrap().next().unwrap().unwrap().file_name();
+    let run_id = run_id.to_str().unwrap();
+    let out = drover(&d, &["run", "--resume", run_id]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("4 of 4 jobs had not ended"), "{stderr}");
+    assert!(stdout.starts_with("4 jobs: 4 succeeded"), "{stdout}");
+    let lines = std::fs::read_to_string(&marker).unwrap();
+    for i in 0..4 {
+        assert_eq!(lines.lines().filter(|l| *l == format!("j{i}")).count(), 1, "j{i}:\n{lines}");
+    }
+    // A run that is not there is bad input.
+    let out = drover(&d, &["run", "--resume", "run-nothere"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no run `run-nothere`"), "{}", text(&out.stderr));
+}
