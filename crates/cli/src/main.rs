@@ -400,7 +400,7 @@ fn run(
     }
     let local = Rc::new(LocalSet::new());
     let total = planned.len();
-    let result: Result<(usize, Vec<(String, Outcome)>), (u8, String)> = local.block_on(&rt, {
+    let result: Result<Ended, (u8, String)> = local.block_on(&rt, {
         let local = local.clone();
         let run_id = run_id.clone();
         async move {
@@ -458,6 +458,9 @@ fn run(
     }
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
+
+/// How many jobs a run had, and how each ended.
+type Ended = (usize, Vec<(String, Outcome)>);
 
 /// Takes up the unfinished jobs of run `run_id` once the lease of the
 /// `drover run` that drove them expired; says how many there are.
