@@ -187,3 +187,31 @@ fn a_child_whose_id_is_another_process_s_is_reported_as_refused_not_as_its_end()
         assert!(store.get("g").await.unwrap().unwrap().error.unwrap().contains("`g.a` not spawned"));
     });
 }
+
+#[test]
+fn a_group_in_a_job_file_is_read_child_by_child_each_by_its_own_kind() {
+    let plan = |table: serde_json::Value| {
+        let table = table.as_object().unwrap().clone();
+        let entry = drover_kind::Entry {
+            name: "f.g",
+            process_id: "run.f.g",
+            table: &table,
+            out_dir: std::path::Path::new("/out"),
+            plan: &drover_engine::plan,
+        };
+        drover_engine::plan(&entry)
+    };
+    let job = plan(serde_json::json!({ "jobs": [{ "id": "a", "command": "echo" }, { "script": "exit 1" }] })).unwrap();
+    let spec = job.spec::<GroupKind>().unwrap().unwrap();
+    assert_eq!(spec.jobs.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a", "job-2"]);
+    let a = spec.jobs[0].job.spec::<ShellKind>().unwrap().unwrap();
+    assert_eq!(a.spec.stdout, drover_shell::Output::File("/out/f.g.a.out".into()));
+    let bad = plan(
+        serde_json::json!({ "jobs": [{ "id": "a", "command": "echo" }, { "id": "b", "script": "x", "nodes": 2 }] }),
+    );
+    assert_eq!(bad.unwrap_err(), "jobs[1] (`b`): `nodes` is for scheduler jobs (give `computer`)");
+    let twice =
+        plan(serde_json::json!({ "jobs": [{ "id": "a", "command": "echo" }, { "id": "a", "command": "true" }] }));
+    assert!(twice.unwrap_err().contains("`a` appears twice"));
+    assert!(plan(serde_json::json!({ "jobs": [] })).unwrap_err().contains("a group holds 1 to 100000 jobs"));
+}
