@@ -98,6 +98,10 @@ pub(crate) fn load(paths: &[PathBuf], out_dir: &Path, run_id: &str) -> Result<Ve
                 return Err(format!("{}: job id `{local}` appears twice", path.display()));
             }
             let origin = format!("{}: job `{local}`", path.display());
+            // JSON has no NaN nor infinity: refused here, not read as nothing.
+            if let Some(key) = non_finite(&entry) {
+                return Err(format!("{origin}: `{key}` must be a finite number"));
+            }
             let Value::Object(table) = serde_json::to_value(entry).map_err(|e| format!("{origin}: {e}"))? else {
                 unreachable!("a TOML table is a JSON object")
             };
@@ -110,4 +114,18 @@ pub(crate) fn load(paths: &[PathBuf], out_dir: &Path, run_id: &str) -> Result<Ve
         }
     }
     Ok(planned)
+}
+
+/// The first key (a path, for nested tables) whose value is a float that is
+/// not finite.
+fn non_finite(table: &toml::Table) -> Option<String> {
+    fn walk(value: &toml::Value, path: &str) -> Option<String> {
+        match value {
+            toml::Value::Float(f) if !f.is_finite() => Some(path.to_owned()),
+            toml::Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| walk(v, &format!("{path}[{i}]"))),
+            toml::Value::Table(t) => t.iter().find_map(|(k, v)| walk(v, &format!("{path}.{k}"))),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| walk(v, k))
 }

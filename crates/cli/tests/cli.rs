@@ -80,6 +80,28 @@ fn unknown_keys_are_rejected_with_the_valid_ones() {
 }
 
 #[test]
+fn numbers_out_of_range_are_bad_input_not_a_panic() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.toml");
+    for (value, says) in [
+        ("1e19", "timeout_secs must be a positive number of seconds"),
+        ("1e20", "timeout_secs must be a positive number of seconds"),
+        ("-1", "timeout_secs must be a positive number of seconds"),
+        ("0", "timeout_secs must be a positive number of seconds"),
+        ("nan", "`timeout_secs` must be a finite number"),
+        ("inf", "`timeout_secs` must be a finite number"),
+    ] {
+        std::fs::write(&file, format!("[[job]]\nid = \"t\"\ncommand = \"true\"\ntimeout_secs = {value}\n")).unwrap();
+        let out = drover(data.path(), &["run", file.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "timeout_secs = {value}: {stderr}");
+        assert!(stderr.contains(&format!("job `t`: {says}")), "{value}: {stderr}");
+    }
+    assert!(!data.path().join("runs").exists(), "something ran");
+}
+
+#[test]
 fn help_shows_examples_and_exit_codes() {
     let data = tempfile::tempdir().unwrap();
     let out = drover(data.path(), &["run", "--help"]);

@@ -422,7 +422,9 @@ fn serve(app: App, unix: std::os::unix::net::UnixListener, tcp: Option<(std::net
             Some((tcp, token)) => {
                 let tcp = tokio::net::TcpListener::from_std(tcp).expect("a TCP listener");
                 let token: Arc<str> = token.into();
-                let routes = routes.layer(middleware::from_fn_with_state(token, require_token));
+                let routes = routes
+                    .layer(middleware::from_fn_with_state(token, require_token))
+                    .layer(middleware::from_fn(loopback_host));
                 let on_tcp = axum::serve(tcp, routes);
                 let (a, b) = tokio::join!(on_unix, on_tcp);
                 if let Err(e) = a.and(b) {
@@ -453,6 +455,39 @@ fn router(app: App) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/shutdown", post(shutdown))
         .with_state(app)
+        .layer(middleware::from_fn(no_framing))
+}
+
+/// Every answer says it must not be framed (no clickjacking of the page).
+async fn no_framing(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static("frame-ancestors 'none'"));
+    response
+}
+
+/// On the TCP listener: a request must name a loopback host, so that a page
+/// of another site whose name resolves to 127.0.0.1 (DNS rebinding) reaches
+/// nothing.
+async fn loopback_host(headers: HeaderMap, request: Request, next: Next) -> Response {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !is_loopback_host(host) {
+        return ApiError(StatusCode::FORBIDDEN, format!("host `{host}` is not this daemon's loopback address"))
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(ip, _)| ip),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 const COOKIE: &str = "drover_token";
@@ -699,6 +734,16 @@ async fn shutdown(State(app): State<App>) -> (StatusCode, axum::Json<serde_json:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        for good in ["127.0.0.1:7878", "localhost", "LOCALHOST:1", "[::1]:7878", "127.0.0.2"] {
+            assert!(is_loopback_host(good), "{good}");
+        }
+        for bad in ["evil.example", "evil.example:7878", "10.0.0.1:7878", "", "localhost.evil.example", "[::2]:1"] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn passwords_are_not_shown() {

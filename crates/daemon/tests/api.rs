@@ -396,6 +396,20 @@ fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
         assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
         let answer = raw(cookie_post("x-drover-page: 1\r\n"));
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        // A request that names another host (a rebound DNS name) reaches
+        // nothing, token or not; every answer refuses to be framed.
+        let get = |host: &str| {
+            format!(
+                "GET /v1/info HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                d.token
+            )
+        };
+        let answer = raw(get("evil.example:7878"));
+        assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("is not this daemon"), "{answer}");
+        let answer = raw(get(&d.addr)).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains("x-frame-options: deny"), "{answer}");
+        assert!(answer.contains("content-security-policy: frame-ancestors 'none'"), "{answer}");
         // The Unix socket is private to its user, and needs no token.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(Paths::new(dir.path()).socket()).unwrap().permissions().mode();
