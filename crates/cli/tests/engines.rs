@@ -92,6 +92,30 @@ fn until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A job file of `n` shell jobs `j<i>`, each appending its id to a marker
+/// file and sleeping `secs`; the file and the marker.
+fn marker_jobs(root: &Path, n: usize, secs: u64) -> (PathBuf, PathBuf) {
+    let marker = root.join("marker");
+    let mut file = String::new();
+    for i in 0..n {
+        file.push_str(&format!(
+            "[[job]]\nid = \"j{i}\"\nscript = \"echo j{i} >> {}; sleep {secs}\"\n\n",
+            marker.display()
+        ));
+    }
+    let jobs = root.join("jobs.toml");
+    std::fs::write(&jobs, file).unwrap();
+    (jobs, marker)
+}
+
+/// Each of the `n` jobs of [`marker_jobs`] ran exactly once.
+fn each_once(marker: &Path, n: usize) {
+    let lines = std::fs::read_to_string(marker).unwrap();
+    for i in 0..n {
+        assert_eq!(lines.lines().filter(|l| *l == format!("j{i}")).count(), 1, "j{i} ran other than once:\n{lines}");
+    }
+}
+
 #[test]
 fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_once() {
     let root = tempfile::tempdir().unwrap();
@@ -168,13 +192,7 @@ fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_onc
 fn drover_run_and_a_daemon_on_one_data_dir_never_drive_the_same_process() {
     let root = tempfile::tempdir().unwrap();
     let d = dirs(root.path(), "data");
-    let marker = root.path().join("marker");
-    let mut file = String::new();
-    for i in 0..12 {
-        file.push_str(&format!("[[job]]\nid = \"j{i}\"\nscript = \"echo j{i} >> {}; sleep 1\"\n\n", marker.display()));
-    }
-    let jobs = root.path().join("jobs.toml");
-    std::fs::write(&jobs, file).unwrap();
+    let (jobs, marker) = marker_jobs(root.path(), 12, 1);
     // The run works through its jobs three at a time; a daemon starts meanwhile.
     let run = spawn(&d, &["run", "-j", "3", jobs.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -183,10 +201,7 @@ fn drover_run_and_a_daemon_on_one_data_dir_never_drive_the_same_process() {
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).starts_with("12 jobs: 12 succeeded"), "{}", text(&out.stdout));
-    let lines = std::fs::read_to_string(&marker).unwrap();
-    for i in 0..12 {
-        assert_eq!(lines.lines().filter(|l| *l == format!("j{i}")).count(), 1, "j{i} ran other than once:\n{lines}");
-    }
+    each_once(&marker, 12);
     // The daemon sees the run's jobs, all finished, and drove none of them.
     let list = json(&d, &["list", "--json"]);
     let processes = list["processes"].as_array().unwrap();
@@ -416,13 +431,7 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
 fn a_run_killed_outright_is_taken_up_by_resume_with_nothing_run_twice() {
     let root = tempfile::tempdir().unwrap();
     let d = dirs(root.path(), "data");
-    let marker = root.path().join("marker");
-    let mut file = String::new();
-    for i in 0..4 {
-        file.push_str(&format!("[[job]]\nid = \"j{i}\"\nscript = \"echo j{i} >> {}; sleep 2\"\n\n", marker.display()));
-    }
-    let jobs = root.path().join("jobs.toml");
-    std::fs::write(&jobs, file).unwrap();
+    let (jobs, marker) = marker_jobs(root.path(), 4, 2);
     let mut run = spawn(&d, &["run", "-j", "2", jobs.to_str().unwrap()]);
     until("two jobs run", 20, || std::fs::read_to_string(&marker).is_ok_and(|m| m.lines().count() == 2));
     signal(run.id(), libc::SIGKILL);
@@ -434,10 +443,7 @@ fn a_run_killed_outright_is_taken_up_by_resume_with_nothing_run_twice() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("4 of 4 jobs had not ended"), "{stderr}");
     assert!(stdout.starts_with("4 jobs: 4 succeeded"), "{stdout}");
-    let lines = std::fs::read_to_string(&marker).unwrap();
-    for i in 0..4 {
-        assert_eq!(lines.lines().filter(|l| *l == format!("j{i}")).count(), 1, "j{i}:\n{lines}");
-    }
+    each_once(&marker, 4);
     // A run that is not there is bad input.
     let out = drover(&d, &["run", "--resume", "run-nothere"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));

@@ -2,6 +2,10 @@
 //! (no services needed): children recorded with their parent, woken by
 //! their ends, killed and paused with it, recovered together.
 
+mod common;
+
+use common::run;
+
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -17,12 +21,6 @@ fn engine(store: Store, local: &Rc<LocalSet>, dir: &std::path::Path, slots: usiz
         .with::<GroupKind>(());
     let identity = Identity { id: "children-test".into(), ..Identity::fresh("daemon") };
     Engine::with_identity(store, local.clone(), kinds, identity)
-}
-
-fn run<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let local = Rc::new(LocalSet::new());
-    local.block_on(&rt, f(local.clone()))
 }
 
 fn shell(name: &str, script: &str) -> Member {

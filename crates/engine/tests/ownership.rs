@@ -2,6 +2,10 @@
 //! processes): fenced writes, takeover after a lease expires, shell
 //! processes re-attached on their host and marked lost elsewhere.
 
+mod common;
+
+use common::run;
+
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,12 +17,6 @@ use tokio::task::LocalSet;
 fn engine(store: Store, local: &Rc<LocalSet>, run_root: &std::path::Path, id: &str, lease: Duration) -> Engine {
     let kinds = Kinds::new().with::<ShellKind>(ShellEnv { governor: Governor::new(4), run_root: run_root.to_owned() });
     Engine::with_identity(store, local.clone(), kinds, Identity { id: id.into(), lease, ..Identity::fresh("daemon") })
-}
-
-fn run<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let local = Rc::new(LocalSet::new());
-    local.block_on(&rt, f(local.clone()))
 }
 
 fn shell(script: &str) -> Job {

@@ -1,5 +1,9 @@
 //! Recovery through the engine, with shell processes (no services needed).
 
+mod common;
+
+use common::run;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -14,12 +18,6 @@ fn engine(store: Store, local: &Rc<LocalSet>, run_root: &std::path::Path) -> Eng
     // One engine, restarted: it takes its own processes back at once.
     let identity = Identity { id: "recovery-test".into(), ..Identity::fresh("daemon") };
     Engine::with_identity(store, local.clone(), kinds, identity)
-}
-
-fn run<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let local = Rc::new(LocalSet::new());
-    local.block_on(&rt, f(local.clone()))
 }
 
 #[test]
