@@ -410,11 +410,10 @@ impl Engine {
                 // not move it on; a parent that ended meanwhile is fine.
                 let _ = handle.act(Action::Pause).await;
             }
-            let each = live
-                .iter()
-                .map(|c| Box::pin(self.control(c, action)) as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
-            for result in futures_join(each).await {
-                match result {
+            // One after the other (a kill returns once its child ended);
+            // boxed, for the recursion into grandchildren.
+            for child in &live {
+                match Box::pin(self.control(child, action)).await {
                     Ok(()) | Err(ControlError::Ended { .. }) => {}
                     Err(e) => tracing::warn!(parent = %id, error = %e, "a child did not take the request"),
                 }
@@ -680,24 +679,6 @@ impl Engine {
     pub async fn release(&self) -> Result<(), StoreError> {
         self.inner.store.release_engine(&self.inner.identity.id).await
     }
-}
-
-/// Runs every future at once and collects their outputs in order.
-async fn futures_join<T>(
-    futures: impl IntoIterator<Item = std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>>>,
-) -> Vec<T> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(f);
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // Sequentially awaited, but each was started by the time the first is
-    // polled only if it makes progress on its own: control requests do (they
-    // set a flag and wait for the driver).
-    for f in set {
-        out.push(f.await);
-    }
-    out
 }
 
 /// Reads at most `max` bytes of `path` from `offset`.
