@@ -87,14 +87,23 @@ id = "batch"
 image = "busybox:1.36"
 script = "true"
 batch_job = true
+
+[[job]]
+id = "batch-fails"
+image = "busybox:1.36"
+command = "false"
+env = { EXIT_CODE = "3" }
+batch_job = true
 "#,
     )
     .unwrap();
     let out = drover(d, c, &["run", jobs.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.starts_with("3 jobs: 2 succeeded, 1 failed"), "{stdout}");
+    assert!(stdout.starts_with("4 jobs: 2 succeeded, 2 failed"), "{stdout}");
     assert!(stdout.contains("failed: pods.fails (exit 5"), "{stdout}");
+    // A failed batch Job's line names its exit code too, not only the API's reason.
+    assert!(stdout.contains("failed: pods.batch-fails (exit 3"), "{stdout}");
 
     // Bad input in a file: nothing at all is made.
     let bad = c.join("bad.toml");

@@ -193,10 +193,17 @@ impl Kind for CloudKind {
     fn ended(state: &CloudState) -> Ended {
         let summary = match state {
             CloudState::Finished { exit_code, name } => format!("exit {exit_code}, {name}"),
-            CloudState::Failed { reason, .. } => reason.clone(),
+            // The exit code first, as a shell job's line gives it: the
+            // API's reason ("Error", "Completed") says less.
+            CloudState::Failed { reason, exit_code: Some(code) } => format!("exit {code}, {reason}"),
+            CloudState::Failed { reason, exit_code: None } => reason.clone(),
             other => format!("{other:?}"),
         };
         Ended { succeeded: state.succeeded(), summary }
+    }
+
+    fn failed(_state: &CloudState, reason: String) -> CloudState {
+        CloudState::Failed { reason, exit_code: None }
     }
 
     fn logs(job: &CloudJob, stream: Stream) -> Result<LogPlan, String> {
@@ -243,5 +250,20 @@ impl Kind for CloudKind {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         CloudState::Killed { name: Some(name), delete_pending: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_container_s_end_names_its_exit_code() {
+        let failed = CloudState::Failed { reason: "Completed".into(), exit_code: Some(3) };
+        let ended = CloudKind::ended(&failed);
+        assert!(!ended.succeeded);
+        assert_eq!(ended.summary, "exit 3, Completed");
+        let unscheduled = CloudState::Failed { reason: "the image cannot be pulled".into(), exit_code: None };
+        assert_eq!(CloudKind::ended(&unscheduled).summary, "the image cannot be pulled");
     }
 }

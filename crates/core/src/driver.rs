@@ -102,6 +102,10 @@ pub(crate) trait Host<S: State> {
     fn record(&mut self, _state: &S, _paused: bool) -> impl Future<Output = ()> {
         std::future::ready(())
     }
+    /// Records that the process panicked (see [`Recorder::panicked`]).
+    fn panicked(&mut self, _state: &S, _message: &str) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }
 
 /// Makes a process's states durable: the runtime hands it every state the
@@ -118,6 +122,17 @@ pub(crate) trait Host<S: State> {
 pub trait Recorder<S>: 'static {
     /// Records `state`; returns once it is durable.
     fn record(&self, state: &S, paused: bool) -> impl Future<Output = ()>;
+
+    /// The process panicked, in a step or a hook, and ends with
+    /// [`Error::Panicked`](crate::Error::Panicked). The runtime has run its
+    /// kill hook to clean up (unless the kill hook itself panicked); `state`
+    /// is the state it left, or the last one published. A durable recorder
+    /// records an ending here, so that the process is not taken for one that
+    /// still runs. Returns once that is durable. The default does nothing.
+    fn panicked(&self, state: &S, message: &str) -> impl Future<Output = ()> {
+        let _ = (state, message);
+        std::future::ready(())
+    }
 }
 
 /// Spawns `proc`, owned by the runtime, and records every state it enters with
@@ -176,6 +191,10 @@ impl<S: State, H: Host<S>, R: Recorder<S>> Host<S> for Recorded<H, R> {
 
     fn record(&mut self, state: &S, paused: bool) -> impl Future<Output = ()> {
         self.recorder.record(state, paused)
+    }
+
+    fn panicked(&mut self, state: &S, message: &str) -> impl Future<Output = ()> {
+        self.recorder.panicked(state, message)
     }
 }
 
@@ -246,7 +265,17 @@ pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, guard: AbortGuard<S
     let shared = &guard.0;
     let (end, last) = match run(&mut host, shared, done).await {
         Ok(ended) => ended,
-        Err(panic) => (End::Panicked(panic), None),
+        Err(Panic { message, killed }) => {
+            // A panic is an ending: the kill hook cleans up what the process
+            // started (a job, a child), once, and the recorder hears of it.
+            let mut left = None;
+            if !killed {
+                left = caught(host.apply(Op::Kill)).await.ok().map(|snap| snap.state);
+            }
+            let state = left.unwrap_or_else(|| shared.state());
+            let _ = caught(host.panicked(&state, &message)).await;
+            (End::Panicked(message), None)
+        }
     };
     let output = matches!(end, End::Done | End::Killed).then(|| host.finish());
     shared.close(end, output, last);
@@ -260,13 +289,30 @@ enum Action {
     Kill,
 }
 
+/// A panic in process code (or in the recorder).
+struct Panic {
+    message: String,
+    /// Whether the kill hook has run (or was what panicked).
+    killed: bool,
+}
+
+impl Panic {
+    fn before_kill(message: String) -> Panic {
+        Panic { message, killed: false }
+    }
+
+    fn in_kill(message: String) -> Panic {
+        Panic { message, killed: true }
+    }
+}
+
 /// Drives the process to its end, and returns how it ended with its final
 /// state, which `close` publishes. `Err` carries a panic's message.
 async fn run<S: State, H: Host<S>>(
     host: &mut H,
     shared: &Shared<S, H::Output>,
     done: bool,
-) -> Result<(End, Option<S>), String> {
+) -> Result<(End, Option<S>), Panic> {
     if done {
         return Ok((End::Done, None));
     }
@@ -274,13 +320,13 @@ async fn run<S: State, H: Host<S>>(
     loop {
         let snap = match next_action(shared, &mut credit).await {
             Action::Kill => {
-                let snap = caught(host.apply(Op::Kill)).await?;
-                caught(host.record(&snap.state, false)).await?;
+                let snap = caught(host.apply(Op::Kill)).await.map_err(Panic::in_kill)?;
+                caught(host.record(&snap.state, false)).await.map_err(Panic::in_kill)?;
                 return Ok((End::Killed, Some(snap.state)));
             }
             Action::Pause => {
-                let snap = caught(host.apply(Op::Pause)).await?;
-                caught(host.record(&snap.state, !snap.done)).await?;
+                let snap = caught(host.apply(Op::Pause)).await.map_err(Panic::before_kill)?;
+                caught(host.record(&snap.state, !snap.done)).await.map_err(Panic::before_kill)?;
                 if snap.done {
                     return Ok((End::Done, Some(snap.state)));
                 }
@@ -293,8 +339,8 @@ async fn run<S: State, H: Host<S>>(
                 continue;
             }
             Action::Resume => {
-                let snap = caught(host.apply(Op::Resume)).await?;
-                caught(host.record(&snap.state, snap.paused && !snap.done)).await?;
+                let snap = caught(host.apply(Op::Resume)).await.map_err(Panic::before_kill)?;
+                caught(host.record(&snap.state, snap.paused && !snap.done)).await.map_err(Panic::before_kill)?;
                 if snap.done {
                     return Ok((End::Done, Some(snap.state)));
                 }
@@ -314,18 +360,12 @@ async fn run<S: State, H: Host<S>>(
                 Ok(Some(snap)) => snap,
                 // Interrupted: a kill or pause is pending; the step keeps its nudge.
                 Ok(None) => continue,
-                Err(panic) => {
-                    // The process panicked. If a kill was asked for, its hook
-                    // still gets to clean up (a job, a child) before the end.
-                    if shared.lock().kill {
-                        let _ = caught(host.apply(Op::Kill)).await;
-                    }
-                    return Err(panic);
-                }
+                // The process panicked: `drive` runs its kill hook.
+                Err(panic) => return Err(Panic::before_kill(panic)),
             },
         };
         credit = false;
-        caught(host.record(&snap.state, snap.paused && !snap.done)).await?;
+        caught(host.record(&snap.state, snap.paused && !snap.done)).await.map_err(Panic::before_kill)?;
         if snap.done {
             return Ok((End::Done, Some(snap.state)));
         }

@@ -3,6 +3,7 @@
 mod common;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Event, Job, JobState, Log, Step, settle};
@@ -677,6 +678,75 @@ async fn every_state_is_recorded_before_the_next_step_or_hook() {
         );
         // The final state was durable before the kill returned.
         assert_eq!(handler.join().await.unwrap().state, Killed);
+    })
+    .await;
+}
+
+/// Records like [`SlowRecorder`], and records a panic as an ending.
+struct EndingRecorder(Log, Arc<std::sync::Mutex<Vec<(JobState, String)>>>);
+
+impl Recorder<JobState> for EndingRecorder {
+    async fn record(&self, state: &JobState, paused: bool) {
+        self.0.push(Event::Recorded(state.clone(), paused));
+    }
+
+    async fn panicked(&self, state: &JobState, message: &str) {
+        tokio::time::sleep(5 * MS).await;
+        self.1.lock().unwrap().push((state.clone(), message.to_owned()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_is_an_ending_its_kill_hook_runs_and_the_recorder_hears_of_it() {
+    in_local(|local| async move {
+        // A step panics with no kill asked for.
+        let (proc, log) = Job::new(vec![Step::Compute, Step::Panic, Step::Compute]);
+        let panics = Arc::default();
+        let handler = spawn_recorded(&local, proc, DriveMode::FireAndForget, EndingRecorder(log.clone(), Arc::clone(&panics)));
+        handler.try_nudge().unwrap();
+        let expected = Error::Panicked("step 1 panicked on purpose".to_owned());
+        assert_eq!(handler.ended().await, Err(expected));
+        assert_eq!(log.count(&Event::Kill), 1, "the kill hook cleans up after a panicking step");
+        assert_eq!(
+            panics.lock().unwrap().clone(),
+            vec![(JobState::Killed, "step 1 panicked on purpose".to_owned())],
+            "the recorder was told, with the state the kill hook left, before the end"
+        );
+        assert_eq!(log.count(&Event::Recorded(JobState::Killed, false)), 0, "a panic is not recorded as a kill");
+
+        // A pause hook panics: the kill hook still runs, once.
+        let (mut proc, log) = Job::new(vec![Step::Wait(HOUR)]);
+        proc.hook_delay = MS;
+        let panics = Arc::default();
+        struct PanicsOnPause(Job);
+        impl drover_core::Process<JobState> for PanicsOnPause {
+            fn state(&self) -> &JobState {
+                self.0.state()
+            }
+            fn transition_to(&mut self, state: JobState) {
+                self.0.transition_to(state);
+            }
+            async fn kill(&mut self) {
+                self.0.kill().await;
+            }
+            async fn pause(&mut self) {
+                panic!("the pause hook panicked");
+            }
+            async fn advance(&mut self) {
+                self.0.advance().await;
+            }
+        }
+        let handler = spawn_recorded(
+            &local,
+            PanicsOnPause(proc),
+            DriveMode::FireAndForget,
+            EndingRecorder(log.clone(), Arc::clone(&panics)),
+        );
+        handler.try_nudge().unwrap();
+        settle().await;
+        assert!(matches!(handler.pause().await, Err(Error::Panicked(_))));
+        assert_eq!(log.count(&Event::Kill), 1);
+        assert_eq!(panics.lock().unwrap().len(), 1);
     })
     .await;
 }

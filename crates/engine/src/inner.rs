@@ -10,14 +10,15 @@ use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use drover_core::{DriveMode, Process, ProcessHandler, Recorder, State, spawn_recorded, spawn_recorded_paused};
+use drover_core::{DriveMode, Error, Process, ProcessHandler, Recorder, State, spawn_recorded, spawn_recorded_paused};
 use drover_kind::{ChildEnd, ChildHost, Children, NewChild, SpawnError};
 use drover_store::{Fence, NewProcess, Record, Store, StoreError, StoredProcess};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::LocalSet;
 
 use crate::info::{ProcessInfo, now_ms, state_name};
-use crate::kinds::{Kinds, Live, Start};
+use crate::Action;
+use crate::kinds::{Kinds, Live, LocalBoxFuture, Start};
 
 /// Who an engine is in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,6 +322,34 @@ impl Inner {
     /// with the children it staged, retrying until it is durable. `false`
     /// when another engine owns the process now: nothing was written, and the
     /// process must stop.
+    /// The children of `id` this engine drives that have not ended.
+    pub(crate) fn live_children(&self, id: &str) -> Vec<(String, Rc<dyn Live>)> {
+        let children = self.families.borrow().get(id).cloned().unwrap_or_default();
+        let handles = self.handles.borrow();
+        children
+            .into_iter()
+            .filter_map(|c| handles.get(&c).filter(|h| !h.is_done()).cloned().map(|h| (c, h)))
+            .collect()
+    }
+
+    /// Takes `action` to every live descendant of `id`, deepest first: a kill
+    /// returns once each child ended.
+    pub(crate) fn reach_children<'a>(&'a self, id: &'a str, action: Action) -> LocalBoxFuture<'a, ()> {
+        Box::pin(async move {
+            // One after the other; boxed, for the recursion into grandchildren.
+            for (child, handle) in self.live_children(id) {
+                if action == Action::Kill && !self.live_children(&child).is_empty() {
+                    let _ = handle.act(Action::Pause).await;
+                }
+                self.reach_children(&child, action).await;
+                match handle.act(action).await {
+                    Ok(()) | Err(Error::Finished) => {}
+                    Err(e) => tracing::warn!(parent = %id, child = %child, error = %e, "a child did not take the request"),
+                }
+            }
+        })
+    }
+
     pub(crate) async fn record(
         &self,
         id: &str,

@@ -22,7 +22,7 @@ use crate::info::ProcessInfo;
 use crate::inner::Inner;
 use crate::{Action, Outcome};
 
-type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+pub(crate) type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Lists the kinds: the only place that names them.
 macro_rules! kinds {
@@ -401,5 +401,15 @@ impl<K: Kind> Recorder<K::State> for EngineRecorder<K> {
                 });
             }
         }
+    }
+
+    async fn panicked(&self, state: &K::State, message: &str) {
+        tracing::error!(id = %self.id, kind = K::NAME, panic = %message, "drover's code for a process panicked; it ends failed");
+        if let Some(inner) = self.inner.upgrade() {
+            // Its children do not outlive it.
+            inner.reach_children(&self.id, Action::Kill).await;
+        }
+        let failed = K::failed(state, format!("drover's code for this process panicked: {message}"));
+        self.record(&failed, false).await;
     }
 }

@@ -399,26 +399,12 @@ impl Engine {
             Error::Finished => ControlError::Ended { id: id.to_owned(), state: "ended".to_owned() },
             error => ControlError::Runtime { id: id.to_owned(), error },
         };
-        let children: Vec<String> = self.inner.families.borrow().get(id).cloned().unwrap_or_default();
-        let live: Vec<String> = {
-            let handles = self.inner.handles.borrow();
-            children.into_iter().filter(|c| handles.get(c).is_some_and(|h| !h.is_done())).collect()
-        };
-        if !live.is_empty() {
-            if action == Action::Kill {
-                // Held still while its children end, so that their ends do
-                // not move it on; a parent that ended meanwhile is fine.
-                let _ = handle.act(Action::Pause).await;
-            }
-            // One after the other (a kill returns once its child ended);
-            // boxed, for the recursion into grandchildren.
-            for child in &live {
-                match Box::pin(self.control(child, action)).await {
-                    Ok(()) | Err(ControlError::Ended { .. }) => {}
-                    Err(e) => tracing::warn!(parent = %id, error = %e, "a child did not take the request"),
-                }
-            }
+        if action == Action::Kill && !self.inner.live_children(id).is_empty() {
+            // Held still while its children end, so that their ends do
+            // not move it on; a parent that ended meanwhile is fine.
+            let _ = handle.act(Action::Pause).await;
         }
+        self.inner.reach_children(id, action).await;
         handle.act(action).await.map_err(runtime)
     }
 

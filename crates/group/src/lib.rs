@@ -242,6 +242,10 @@ impl Kind for GroupKind {
         vec![("jobs", format!("{} ({}{more})", job.jobs.len(), names.join(", ")))]
     }
 
+    fn failed(_state: &GroupState, reason: String) -> GroupState {
+        GroupState::Failed { reason }
+    }
+
     fn ended(state: &GroupState) -> Ended {
         match state {
             GroupState::Finished { exit_code: 0, .. } => {

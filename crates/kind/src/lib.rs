@@ -134,6 +134,12 @@ pub trait Kind: Sized + 'static {
     /// How it ended: whether it succeeded, and a few words on it.
     fn ended(state: &Self::State) -> Ended;
 
+    /// The terminal state recorded when drover's own code for a process in
+    /// `state` failed (it panicked): a failure with `reason`, keeping what
+    /// identifies the work (a job id). The runtime has run the kill hook
+    /// first, so `state` is usually the state the hook left.
+    fn failed(state: &Self::State, reason: String) -> Self::State;
+
     /// Where its logs are kept.
     ///
     /// # Errors

@@ -170,6 +170,10 @@ impl Kind for SchedulerKind {
         Ended { succeeded: state.succeeded(), summary }
     }
 
+    fn failed(state: &JobState, reason: String) -> JobState {
+        JobState::Failed { job_id: state.job_id().map(str::to_owned), reason }
+    }
+
     fn logs(job: &SchedulerJob, stream: Stream) -> Result<LogPlan, String> {
         Ok(LogPlan { local: job.spec.local_dir.join(file(stream)), why_not: None })
     }

@@ -154,6 +154,10 @@ impl Kind for ShellKind {
         Ended { succeeded: state.succeeded(), summary }
     }
 
+    fn failed(_state: &ShellState, reason: String) -> ShellState {
+        ShellState::Failed { reason }
+    }
+
     fn logs(job: &ShellJob, stream: Stream) -> Result<LogPlan, String> {
         let output = if stream == Stream::Stdout { &job.spec.stdout } else { &job.spec.stderr };
         match output {
