@@ -702,7 +702,8 @@ async fn a_panic_is_an_ending_its_kill_hook_runs_and_the_recorder_hears_of_it() 
         // A step panics with no kill asked for.
         let (proc, log) = Job::new(vec![Step::Compute, Step::Panic, Step::Compute]);
         let panics = Arc::default();
-        let handler = spawn_recorded(&local, proc, DriveMode::FireAndForget, EndingRecorder(log.clone(), Arc::clone(&panics)));
+        let handler =
+            spawn_recorded(&local, proc, DriveMode::FireAndForget, EndingRecorder(log.clone(), Arc::clone(&panics)));
         handler.try_nudge().unwrap();
         let expected = Error::Panicked("step 1 panicked on purpose".to_owned());
         assert_eq!(handler.ended().await, Err(expected));

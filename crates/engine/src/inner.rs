@@ -16,8 +16,8 @@ use drover_store::{Fence, NewProcess, Record, Store, StoreError, StoredProcess};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::LocalSet;
 
-use crate::info::{ProcessInfo, now_ms, state_name};
 use crate::Action;
+use crate::info::{ProcessInfo, now_ms, state_name};
 use crate::kinds::{Kinds, Live, LocalBoxFuture, Start};
 
 /// Who an engine is in the store.
@@ -326,10 +326,7 @@ impl Inner {
     pub(crate) fn live_children(&self, id: &str) -> Vec<(String, Rc<dyn Live>)> {
         let children = self.families.borrow().get(id).cloned().unwrap_or_default();
         let handles = self.handles.borrow();
-        children
-            .into_iter()
-            .filter_map(|c| handles.get(&c).filter(|h| !h.is_done()).cloned().map(|h| (c, h)))
-            .collect()
+        children.into_iter().filter_map(|c| handles.get(&c).filter(|h| !h.is_done()).cloned().map(|h| (c, h))).collect()
     }
 
     /// Takes `action` to every live descendant of `id`, deepest first: a kill
@@ -344,7 +341,9 @@ impl Inner {
                 self.reach_children(&child, action).await;
                 match handle.act(action).await {
                     Ok(()) | Err(Error::Finished) => {}
-                    Err(e) => tracing::warn!(parent = %id, child = %child, error = %e, "a child did not take the request"),
+                    Err(e) => {
+                        tracing::warn!(parent = %id, child = %child, error = %e, "a child did not take the request")
+                    }
                 }
             }
         })

@@ -447,33 +447,63 @@ impl Engine {
         self.inner.kinds.get(job.kind()).map_err(refused)?.check(id, job).map_err(refused)
     }
 
-    /// Records and starts several processes, all or nothing as far as the
-    /// input goes: every id and job is checked before the first is recorded.
+    /// Records and starts several processes, all or nothing: every id and job
+    /// is checked, and then every process recorded in one transaction,
+    /// before the first starts. A refused job, a taken id or a store error
+    /// (locked, full, disconnected) leaves nothing recorded.
     ///
     /// # Cancel safety
     ///
-    /// Dropping it may leave the first processes recorded and started.
+    /// Dropping it once the processes are recorded leaves them recorded but
+    /// not started; this engine's next [`recover`](Self::recover) starts them.
     ///
     /// # Errors
     ///
-    /// [`EngineError`]: a duplicate id, a refused job (then nothing is
-    /// recorded), a store failure.
+    /// [`EngineError`]: a duplicate id, a refused job, a store failure;
+    /// nothing is recorded then.
     pub async fn submit_all(&self, jobs: Vec<(String, Job)>) -> Result<(), EngineError> {
         let _one_at_a_time = self.submitting.lock().await;
         let mut ids = HashSet::new();
         for (id, job) in &jobs {
-            if !ids.insert(id.as_str()) || self.inner.store.get(id).await?.is_some() {
+            if !ids.insert(id.as_str()) {
                 return Err(EngineError::Duplicate(id.clone()));
             }
             self.check(id, job)?;
         }
+        self.inner.register().await?;
+        let mut news = Vec::with_capacity(jobs.len());
+        let mut starts = Vec::with_capacity(jobs.len());
         for (id, job) in jobs {
-            self.submit(&id, job).await?;
+            let new = self.new_process(&id, &job).await?;
+            if new.owner.is_some() {
+                starts.push((id, job));
+            } else {
+                // Left for the engine that holds its place to claim.
+                let _ = self.inner.template(&id, job.kind(), &job, None);
+            }
+            news.push(new);
         }
-        Ok(())
+        self.inner.store.insert_all(news).await.map_err(|e| match e {
+            StoreError::Duplicate(id) => EngineError::Duplicate(id),
+            e => e.into(),
+        })?;
+        // Every one is started, even after one could not be: a process left
+        // recorded and not started is started by the next recovery.
+        let mut first = Ok(());
+        for (id, job) in starts {
+            let kind = job.kind().to_owned();
+            let template = self.inner.template(&id, &kind, &job, None);
+            let start =
+                Start { id: id.clone(), job, checkpoint: None, paused: false, epoch: 1, template, binding: None };
+            if let Err(problem) = self.inner.start(start) {
+                first = first.and(Err(EngineError::Refused { kind, id, problem }));
+            }
+        }
+        first
     }
 
-    /// Records a new process `id`, owned by this engine, and starts it.
+    /// Records a new process `id`, owned by this engine, and starts it. As
+    /// [`submit_all`](Self::submit_all) with one job.
     ///
     /// # Cancel safety
     ///
@@ -485,18 +515,21 @@ impl Engine {
     /// [`EngineError`]: a duplicate id, a refused job, a store failure.
     /// Nothing is recorded or started then.
     pub async fn submit(&self, id: &str, job: Job) -> Result<(), EngineError> {
-        self.check(id, &job)?;
-        self.inner.register().await?;
+        self.submit_all(vec![(id.to_owned(), job)]).await
+    }
+
+    /// The row of a new, checked process: owned by this engine, or by none
+    /// when another engine of the pool holds its place (that engine claims
+    /// it, so that its cluster sees one engine).
+    async fn new_process(&self, id: &str, job: &Job) -> Result<NewProcess, EngineError> {
         let kind = self.inner.kinds.get(job.kind()).expect("checked");
         let refused = |problem| EngineError::Refused { kind: job.kind().to_owned(), id: id.to_owned(), problem };
-        let checkpoint = kind.initial(&job).map_err(refused)?;
-        let spec = serde_json::to_string(&job).expect("a job serialises");
+        let checkpoint = kind.initial(job).map_err(refused)?;
+        let spec = serde_json::to_string(job).expect("a job serialises");
         let mut new = NewProcess::new(id, job.kind(), spec, checkpoint);
         new.owner = Some(self.inner.identity.id.clone());
         new.host = kind.binding();
-        new.place = kind.info().place(&job);
-        // A place held by another engine of the pool: the process is left
-        // for that engine to claim, so that its cluster sees one engine.
+        new.place = kind.info().place(job);
         if let Some(place) = new.place.as_ref().filter(|_| self.inner.shares()) {
             let lease = format!("{}:{place}", job.kind());
             if !self.inner.held.borrow().contains(&lease) {
@@ -507,21 +540,10 @@ impl Engine {
                     tracing::info!(process = %id, engine = %holder, "handed to the engine that holds {lease}");
                     new.owner = None;
                     new.host = None;
-                    self.inner.store.insert(new).await?;
-                    let _ = self.inner.template(id, job.kind(), &job, None);
-                    return Ok(());
                 }
             }
         }
-        self.inner.store.insert(new).await?;
-        let template = self.inner.template(id, job.kind(), &job, None);
-        let start =
-            Start { id: id.to_owned(), job, checkpoint: None, paused: false, epoch: 1, template, binding: None };
-        self.inner.start(start).map_err(|problem| EngineError::Refused {
-            kind: "unknown".to_owned(),
-            id: id.to_owned(),
-            problem,
-        })
+        Ok(new)
     }
 
     /// Takes up the work that ended processes left (cancels and deletes not

@@ -12,9 +12,9 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use drover_core::{Process, State};
-use drover_engine::{Engine, Identity, Job, Kinds};
+use drover_engine::{Job, Kinds};
 use drover_kind::{Checkpoint, Context, Ended, Entry, Kind, LogPlan, Setup, Stream};
-use drover_shell::{Governor, ShellEnv, ShellJob, ShellKind, ShellSpec, ShellState};
+use drover_shell::{ShellJob, ShellKind, ShellSpec, ShellState};
 use drover_store::{Store, decode};
 use serde::{Deserialize, Serialize};
 
@@ -133,11 +133,8 @@ fn a_panicking_step_is_recorded_failed_its_kill_hook_runs_and_its_child_is_kille
     let pid_file = dir.path().join("child.pid");
     run(|local| async move {
         let store = Store::open(db.to_str().unwrap()).await.unwrap();
-        let kinds = Kinds::new()
-            .with::<ShellKind>(ShellEnv { governor: Governor::new(2), run_root: dir.path().join("runs") })
-            .with::<BadKind>(());
-        let identity = Identity { id: "panic-test".into(), ..Identity::fresh("daemon") };
-        let engine = Engine::with_identity(store.clone(), local.clone(), kinds, identity);
+        let kinds = Kinds::new().with::<ShellKind>(common::shell_env(&dir.path().join("runs"), 2)).with::<BadKind>(());
+        let engine = common::engine(store.clone(), &local, kinds, "panic-test");
         let child = format!("echo $$ > {}; exec sleep 60", pid_file.display());
         engine.submit("p", Job::new::<BadKind>(&BadSpec { child })).await.unwrap();
         let outcomes = tokio::time::timeout(Duration::from_secs(30), engine.wait_all()).await.expect("it ends");

@@ -227,7 +227,12 @@ macro_rules! on_db {
 
 enum Write {
     Insert(NewProcess),
-    Record { id: String, record: Record },
+    /// Several processes, all or none.
+    InsertAll(Vec<NewProcess>),
+    Record {
+        id: String,
+        record: Record,
+    },
 }
 
 struct Request {
@@ -528,6 +533,24 @@ impl Store {
     /// [`StoreError::Duplicate`] if the id is taken, [`StoreError::Db`].
     pub async fn insert(&self, process: NewProcess) -> Result<(), StoreError> {
         self.write(Write::Insert(process)).await
+    }
+
+    /// Inserts several processes in one transaction: all of them, or (on
+    /// any error) none. Durable when it returns.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it does not withdraw the write: it commits or fails whole.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Duplicate`] naming the first id that is taken (or given
+    /// twice), [`StoreError::Db`]; nothing is written then.
+    pub async fn insert_all(&self, processes: Vec<NewProcess>) -> Result<(), StoreError> {
+        if processes.is_empty() {
+            return Ok(());
+        }
+        self.write(Write::InsertAll(processes)).await
     }
 
     /// Records a transition: the process's new checkpoint, and an event in its
@@ -1071,6 +1094,7 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
             for r in chunk {
                 match &r.write {
                     Write::Insert(p) => ids.push(&p.id),
+                    Write::InsertAll(all) => ids.extend(all.iter().map(|p| p.id.as_str())),
                     Write::Record { id, record } => {
                         ids.push(id);
                         ids.extend(record.children.iter().map(|c| c.id.as_str()));
@@ -1101,6 +1125,19 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                     Write::Insert(p) => {
                         inserts.push((p, None, request.at));
                         Ok(())
+                    }
+                    Write::InsertAll(all) => {
+                        let mut mine = std::collections::HashSet::new();
+                        match all.iter().find(|p| existing.contains_key(&p.id) || seen.contains(&p.id) || !mine.insert(p.id.as_str())) {
+                            Some(p) => Err(StoreError::Duplicate(p.id.clone())),
+                            None => {
+                                for p in all {
+                                    seen.insert(p.id.clone());
+                                    inserts.push((p, None, request.at));
+                                }
+                                Ok(())
+                            }
+                        }
                     }
                     Write::Record { id, .. } if !existing.contains_key(id) && !seen.contains(id) => {
                         Err(StoreError::Unknown(id.clone()))
