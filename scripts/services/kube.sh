@@ -169,7 +169,7 @@ build_binaries() {
         return 0
     fi
     t0="$(now)"
-    step "building Kubernetes $ver from source (once per machine, about 5 min; log: $log)"
+    step "building Kubernetes $ver from source (once per machine, about 12 min on 2 cores; log: $log)"
     rm -rf "$src"
     mkdir -p "$src"
     : >"$log"

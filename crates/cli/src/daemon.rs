@@ -1,6 +1,7 @@
 //! `drover daemon start|stop|status|run`.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -114,11 +115,11 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
         eprintln!("drover: --http {addr} is not a loopback address (add --allow-non-loopback to use it anyway)");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    if let Err(e) = std::fs::create_dir_all(data) {
-        eprintln!("drover: cannot create {}: {e}", data.display());
-        return ExitCode::FAILURE;
+    if let Err(e) = drover_daemon::private_dir(data) {
+        eprintln!("drover: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
     }
-    let log = match std::fs::OpenOptions::new().create(true).append(true).open(paths.log()) {
+    let log = match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(paths.log()) {
         Ok(log) => log,
         Err(e) => {
             eprintln!("drover: cannot open {}: {e}", paths.log().display());

@@ -7,6 +7,7 @@ mod jobfile;
 mod remote;
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -340,6 +341,10 @@ fn run(
         eprintln!("drover: `{run}` is not a run id (like run-mx5rrdvzpp)");
         return ExitCode::from(2);
     }
+    if let Err(e) = drover_daemon::private_dir(data) {
+        eprintln!("drover: {e}\ndrover: nothing was run");
+        return ExitCode::from(2);
+    }
     let run_id = resume.clone().unwrap_or_else(remote::new_run_id);
     let out_dir = data.join("runs").join(&run_id);
     let (config_path, settings) = match config::read(config) {
@@ -394,7 +399,7 @@ fn run(
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&out_dir) {
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&out_dir) {
         eprintln!("drover: cannot create {}: {e}", out_dir.display());
         return ExitCode::from(2);
     }

@@ -2,6 +2,7 @@
 //! resume, kill, watch, logs.
 
 use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -128,7 +129,10 @@ pub(crate) fn submit(data: &Path, files: &[PathBuf], json: bool) -> ExitCode {
         let out_dir = Paths::new(&info.data_dir).runs().join(&run_id);
         let planned = jobfile::load(files, &out_dir, &run_id)
             .map_err(|e| Failure(EXIT_BAD_INPUT, format!("{e}\ndrover: nothing was submitted")))?;
-        std::fs::create_dir_all(&out_dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&out_dir)
             .map_err(|e| Failure(1, format!("cannot create {}: {e}", out_dir.display())))?;
         let jobs = planned.into_iter().map(|p| NewJob { id: format!("{run_id}.{}", p.id), job: p.job }).collect();
         let submitted: Submitted = client.post("/v1/processes", &Submit { jobs }).await?;

@@ -41,6 +41,39 @@ fn the_quick_start_runs_every_job_and_reports_the_one_that_fails() {
 }
 
 #[test]
+fn the_data_directory_is_private_and_a_shared_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("private.toml");
+    std::fs::write(&jobs, "[[job]]\nid = \"a\"\nscript = \"echo secret result\"\n").unwrap();
+
+    let data = root.path().join("new/drover");
+    let out = drover(&data, &["run", jobs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("drover.db")), 0o600);
+    let run = std::fs::read_dir(data.join("runs")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(mode(&run), 0o700);
+    assert_eq!(mode(&run.join("private.a.out")), 0o600);
+
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = drover(&shared, &["run", jobs.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("writable by group and others (mode 777)") && stderr.contains("nothing was run"),
+        "{stderr}"
+    );
+    assert!(std::fs::read_dir(&shared).unwrap().next().is_none(), "something was written in a shared directory");
+    let out = drover(&shared, &["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("writable by group and others"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn a_syntax_error_names_file_line_and_column_and_nothing_runs() {
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();

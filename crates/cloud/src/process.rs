@@ -346,7 +346,7 @@ impl CloudProcess {
     /// the API offers them; else says why in `logs-unavailable.txt`.
     async fn save_logs(&self, namespace: &str, name: &str) {
         let dir = &self.spec.local_dir;
-        let _ = tokio::fs::create_dir_all(dir).await;
+        let _ = tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).await;
         match tokio::time::timeout(Duration::from_secs(60), self.cloud.logs(namespace, name, self.spec.batch_job)).await
         {
             Ok(Ok(text)) => {

@@ -20,5 +20,5 @@ mod server;
 
 pub use client::{Client, ClientError, EventStream, SseEvent, Target};
 pub use hyper::{Method, StatusCode};
-pub use paths::Paths;
+pub use paths::{Paths, PrivateDirError, private_dir};
 pub use server::{DaemonConfig, DaemonError, OPENAPI, openapi_document, run};

@@ -71,6 +71,9 @@ pub struct DaemonConfig {
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The data directory is not private to this user.
+    #[error(transparent)]
+    Private(#[from] crate::paths::PrivateDirError),
     /// Another daemon serves this data directory.
     #[error("a drover daemon is already running for {data_dir} (pid {pid})")]
     AlreadyRunning {
@@ -138,7 +141,7 @@ enum Call {
 /// [`DaemonError`] when it cannot start.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let paths = Paths::new(&config.data_dir);
-    std::fs::create_dir_all(&paths.data_dir).map_err(io_err(&paths.data_dir))?;
+    crate::paths::private_dir(&paths.data_dir)?;
     let pid_path = paths.pid();
     let mut pid_file = std::fs::OpenOptions::new()
         .read(true)

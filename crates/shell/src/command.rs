@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -223,14 +223,25 @@ fn open_output(spec: &ShellSpec, output: &Output, stream: &'static str) -> Resul
         Output::File(path) => (path, false),
         Output::Append(path) => (path, true),
     };
+    // Private, and never through a symlink: one planted where an output
+    // goes would have drover write (or truncate) a file of its choosing.
     OpenOptions::new()
         .write(true)
         .create(true)
         .append(append)
         .truncate(!append)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(in_cwd(spec, path))
         .map(Stdio::from)
-        .map_err(|source| StartError::Stream { stream, path: path.clone(), source })
+        .map_err(|source| {
+            let source = if source.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::other("it is a symbolic link, and drover writes outputs only to files it opens itself")
+            } else {
+                source
+            };
+            StartError::Stream { stream, path: path.clone(), source }
+        })
 }
 
 /// Finds the program the way `execvp` would, in the child's `PATH` and

@@ -1,5 +1,6 @@
 //! The shell process kind: its states and how it reacts to control.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -268,7 +269,8 @@ impl ShellProcess {
             Some(slot) => slot,
             None => interruptible(self.governor.acquire()).await,
         };
-        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        // Private: the supervisor's records are for this user alone.
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&run_dir) {
             self.state =
                 ShellState::Failed { reason: format!("cannot create run directory `{}`: {e}", run_dir.display()) };
             return;

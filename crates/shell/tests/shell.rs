@@ -97,6 +97,9 @@ fn runs_a_program_with_its_arguments_environment_cwd_and_streams() {
         spec.env.set.remove("GONE");
         assert!(finish(launch(&local, spec, &g)).await.succeeded());
         let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("out.txt")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an output file is private to its owner");
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(out, format!("{tricky}|two words|kept value; $(not run)|unset|{}|from bytes", cwd.display()));
 
@@ -334,6 +337,12 @@ fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
     let missing_dir = dir.path().join("no/such/dir");
     let unwritable = dir.path().join("no-such-dir/out.txt");
     let missing_input = dir.path().join("missing-input.txt");
+    // A link planted where an output goes, to a file of someone else's choosing.
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me\n").unwrap();
+    let planted = dir.path().join("planted.out");
+    std::os::unix::fs::symlink(&precious, &planted).unwrap();
+    let planted_err = planted.clone();
     test(|local| async move {
         let g = Governor::new(2);
         let cases: Vec<(ShellSpec, String)> = vec![
@@ -352,6 +361,14 @@ fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
                 format!("cannot open standard output file `{}`", unwritable.display()),
             ),
             (
+                ShellSpec::program("true", ["x"]).with_stdout(Output::File(planted.clone())),
+                format!("cannot open standard output file `{}`: it is a symbolic link", planted.display()),
+            ),
+            (
+                ShellSpec::program("true", ["x"]).with_stderr(Output::Append(planted_err.clone())),
+                "it is a symbolic link".to_owned(),
+            ),
+            (
                 ShellSpec::program("true", ["x"]).with_stdin(Input::File(missing_input.clone())),
                 format!("cannot open standard input file `{}`", missing_input.display()),
             ),
@@ -368,6 +385,7 @@ fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
         assert!(finish(good).await.succeeded());
         assert!(!Path::new(&unwritable).exists());
     });
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n", "written through the planted link");
 }
 
 #[test]

@@ -258,6 +258,24 @@ pub struct Store {
     writes: mpsc::UnboundedSender<Request>,
 }
 
+/// Makes the SQLite file (created here if missing) and its WAL and
+/// shared-memory files readable and writable by their owner only. SQLite
+/// gives the files it creates later the main file's mode.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o700))?;
+        }
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -396,6 +414,7 @@ impl Store {
             probe.close().await.map_err(db_err)?;
             judged = judge(&location, &tables, meta)?;
         }
+        private_files(path).map_err(|e| StoreError::Db { location: location.clone(), message: e.to_string() })?;
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(db_err)?
             .create_if_missing(true)

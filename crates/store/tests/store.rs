@@ -201,6 +201,29 @@ async fn a_corrupt_checkpoint_concerns_only_its_process() {
     }
 }
 
+#[tokio::test]
+async fn the_store_s_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("drover.db");
+    let mode = |suffix: &str| {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).ok()
+    };
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    store.insert(new_process("p")).await.unwrap();
+    assert_eq!(mode(""), Some(0o600));
+    assert_eq!(mode("-wal"), Some(0o600));
+    assert_eq!(mode("-shm"), Some(0o600));
+    drop(store);
+    // A store an earlier drover left readable by all is made private.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = Store::open(db.to_str().unwrap()).await.unwrap();
+    assert_eq!(mode(""), Some(0o600));
+    assert!(store.get("p").await.unwrap().is_some());
+}
+
 // --- Refusals ------------------------------------------------------------------
 
 #[tokio::test]
