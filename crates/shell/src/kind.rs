@@ -51,12 +51,14 @@ struct ShellEntry {
 
 impl Checkpoint for ShellState {
     const KIND: &'static str = "shell";
-    /// 2 added `Starting` (durable shell processes); 1 reads as it is.
-    const VERSION: u32 = 2;
+    /// 2 added `Starting` (durable shell processes); 3 added the child's
+    /// `identity` to `Running` and `Paused` (absent, it is judged by when
+    /// the supervisor wrote its pid). 1 and 2 read as they are.
+    const VERSION: u32 = 3;
 
     fn upgrade(version: u32, state: Value) -> Result<Value, String> {
         match version {
-            1 => Ok(state),
+            1 | 2 => Ok(state),
             other => Err(format!("no shell checkpoint version {other} ever existed")),
         }
     }

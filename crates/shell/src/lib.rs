@@ -82,12 +82,14 @@
 
 mod command;
 mod governor;
+mod ident;
 mod kind;
 mod process;
 mod spec;
 
 pub use command::{StartError, output};
 pub use governor::Governor;
+pub use ident::ProcessIdentity;
 pub use kind::{ShellEnv, ShellJob, ShellKind};
 pub use process::{ShellProcess, ShellState};
 pub use spec::{Env, Input, Limits, Output, ShellSpec};

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::command::{self, signal_group};
 use crate::governor::{Governor, Slot};
+use crate::ident::{self, ProcessIdentity};
 use crate::spec::ShellSpec;
 
 /// Where a shell process is. States carry their data.
@@ -31,6 +32,10 @@ pub enum ShellState {
         pid: u32,
         /// When it started.
         started_at: SystemTime,
+        /// What tells the child apart from a later process with its pid
+        /// (none in checkpoints from before version 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<ProcessIdentity>,
     },
     /// The child's process group is stopped (`SIGSTOP`) by a pause.
     Paused {
@@ -38,6 +43,9 @@ pub enum ShellState {
         pid: u32,
         /// When it started.
         started_at: SystemTime,
+        /// As in `Running`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<ProcessIdentity>,
     },
     /// The child exited on its own. Whether it succeeded is its exit code's call.
     Finished {
@@ -97,7 +105,7 @@ pub struct ShellProcess {
 #[derive(Debug)]
 enum Leader {
     Child(Child),
-    Adopted { pid: u32 },
+    Adopted { pid: u32, identity: ProcessIdentity },
 }
 
 /// How a leader ended.
@@ -118,22 +126,30 @@ impl Leader {
     async fn wait(&mut self, run_dir: Option<&Path>) -> std::io::Result<Exit> {
         match self {
             Leader::Child(child) => child.wait().await.map(Exit::Status),
-            Leader::Adopted { pid } => {
-                while alive(*pid) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            Leader::Adopted { pid, identity } => loop {
+                // The recorded exit code first: once it is there, the pid
+                // says nothing more.
+                if let Some(code) = run_dir.and_then(recorded_exit) {
+                    return Ok(Exit::Recorded(Some(code)));
                 }
-                Ok(Exit::Recorded(run_dir.and_then(recorded_exit)))
-            }
+                if !ident::is(*pid, identity) {
+                    return Ok(Exit::Recorded(run_dir.and_then(recorded_exit)));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
         }
     }
 }
 
 /// Whether `pid` is a live process (a zombie is not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned)))
-        .is_some_and(|state| state != "Z" && state != "X")
+/// The identity of the supervisor of `run_dir` if `pid` is still it: the
+/// recorded `identity`, or (a checkpoint from before identities, or a child
+/// not yet recorded running) the process that wrote the pid file.
+fn adoptable(pid: u32, identity: Option<&ProcessIdentity>, run_dir: &Path) -> Option<ProcessIdentity> {
+    match identity {
+        Some(identity) => ident::is(pid, identity).then(|| identity.clone()),
+        None => ident::identify_writer(pid, &run_dir.join("pid")),
+    }
 }
 
 fn recorded_exit(run_dir: &Path) -> Option<i32> {
@@ -245,13 +261,23 @@ impl ShellProcess {
             return;
         }
         match command::start(&self.spec) {
-            Ok(started) => self.running(Leader::Child(started.child), started.pid, SystemTime::now(), slot),
+            Ok(started) => {
+                let identity = ident::identify(started.pid);
+                self.running(Leader::Child(started.child), started.pid, SystemTime::now(), identity, slot);
+            }
             Err(e) => self.state = ShellState::Failed { reason: e.to_string() },
         }
     }
 
-    fn running(&mut self, leader: Leader, pid: u32, started_at: SystemTime, slot: Slot) {
-        self.state = ShellState::Running { pid, started_at };
+    fn running(
+        &mut self,
+        leader: Leader,
+        pid: u32,
+        started_at: SystemTime,
+        identity: Option<ProcessIdentity>,
+        slot: Slot,
+    ) {
+        self.state = ShellState::Running { pid, started_at, identity };
         self.run = Some(Run {
             leader,
             pgid: pid,
@@ -286,7 +312,8 @@ impl ShellProcess {
                         && (tokio::time::timeout(Duration::from_millis(50), child.wait()).await)
                             .is_ok_and(|s| s.is_ok_and(|s| s.code() == Some(command::ALREADY_STARTED)));
                     if !lost {
-                        self.running(Leader::Child(child), started.pid, SystemTime::now(), slot);
+                        let identity = ident::identify(started.pid);
+                        self.running(Leader::Child(child), started.pid, SystemTime::now(), identity, slot);
                         if let Some(run) = self.run.as_mut() {
                             run.since = since;
                         }
@@ -300,13 +327,27 @@ impl ShellProcess {
             }
         }
         // Started by an earlier engine: re-attach.
-        self.adopt(&run_dir, None, slot).await;
+        self.adopt(&run_dir, slot).await;
     }
 
-    /// Re-attaches to the supervisor recorded in `run_dir` (or `pid`), or, if
-    /// it has ended, takes the exit code it recorded.
-    async fn adopt(&mut self, run_dir: &Path, pid: Option<u32>, slot: Slot) {
-        let mut pid = pid.or_else(|| recorded_pid(run_dir));
+    /// Re-attaches to the supervisor recorded in the state (or in `run_dir`),
+    /// or, if it has ended, takes the exit code it recorded. A process that
+    /// now has its pid but is not it (a reboot, a wrap of the pid space) is
+    /// left alone.
+    async fn adopt(&mut self, run_dir: &Path, slot: Slot) {
+        // The recorded exit code first: a supervisor that wrote one has
+        // ended, whatever process has its pid now.
+        if let Some(exit_code) = recorded_exit(run_dir) {
+            self.state = ShellState::Finished { exit_code, ran_for: Duration::ZERO };
+            return;
+        }
+        let (recorded, identity) = match &self.state {
+            ShellState::Running { pid, identity, .. } | ShellState::Paused { pid, identity, .. } => {
+                (Some(*pid), identity.clone())
+            }
+            _ => (None, None),
+        };
+        let mut pid = recorded.or_else(|| recorded_pid(run_dir));
         // A supervisor writes its pid right after it starts.
         for _ in 0..20 {
             if pid.is_some() {
@@ -319,9 +360,12 @@ impl ShellProcess {
             ShellState::Running { started_at, .. } | ShellState::Paused { started_at, .. } => started_at,
             _ => SystemTime::now(),
         };
-        match pid {
-            Some(pid) if alive(pid) => self.running(Leader::Adopted { pid }, pid, started_at, slot),
-            _ => {
+        match pid.and_then(|pid| adoptable(pid, identity.as_ref(), run_dir).map(|identity| (pid, identity))) {
+            Some((pid, identity)) => {
+                let leader = Leader::Adopted { pid, identity: identity.clone() };
+                self.running(leader, pid, started_at, Some(identity), slot);
+            }
+            None => {
                 self.state = match recorded_exit(run_dir) {
                     Some(exit_code) => ShellState::Finished { exit_code, ran_for: Duration::ZERO },
                     None => ShellState::Failed {
@@ -337,12 +381,11 @@ impl ShellProcess {
 
     async fn wait(&mut self) {
         if self.run.is_none()
-            && let (Some(run_dir), ShellState::Running { pid, .. }) = (self.run_dir.clone(), &self.state)
+            && let (Some(run_dir), ShellState::Running { .. }) = (self.run_dir.clone(), &self.state)
         {
             // Restored: re-attach to the child an earlier engine started.
-            let pid = *pid;
             let slot = interruptible(self.governor.acquire()).await;
-            self.adopt(&run_dir, Some(pid), slot).await;
+            self.adopt(&run_dir, slot).await;
             if self.run.is_none() {
                 return;
             }
@@ -412,13 +455,16 @@ impl Process<ShellState> for ShellProcess {
     /// and waits for the child to be reaped. A queued process never starts.
     async fn kill(&mut self) {
         if self.run.is_none() {
-            // Restored and not re-attached yet: the group is the recorded pid.
-            if let ShellState::Running { pid, .. } | ShellState::Paused { pid, .. } = self.state
-                && self.run_dir.is_some()
-                && alive(pid)
+            // Restored and not re-attached yet: the group is the recorded
+            // pid, if that is still the supervisor (and it has not ended).
+            if let ShellState::Running { pid, ref identity, .. } | ShellState::Paused { pid, ref identity, .. } =
+                self.state
+                && let Some(run_dir) = self.run_dir.as_deref()
+                && recorded_exit(run_dir).is_none()
+                && let Some(identity) = adoptable(pid, identity.as_ref(), run_dir)
             {
                 let run = Run {
-                    leader: Leader::Adopted { pid },
+                    leader: Leader::Adopted { pid, identity },
                     pgid: pid,
                     durable: true,
                     ran: Duration::ZERO,
@@ -438,28 +484,31 @@ impl Process<ShellState> for ShellProcess {
     /// Stops the process group with `SIGSTOP`. A queued process leaves the
     /// governor's queue (the runtime dropped its wait) and stays `Queued`.
     async fn pause(&mut self) {
-        if let (ShellState::Running { pid, started_at }, Some(run)) = (&self.state, self.run.as_mut()) {
+        if let (ShellState::Running { pid, started_at, identity }, Some(run)) = (&self.state, self.run.as_mut()) {
             signal_group(run.pgid, Signal::SIGSTOP);
             run.ran += run.since.elapsed();
-            self.state = ShellState::Paused { pid: *pid, started_at: *started_at };
+            self.state = ShellState::Paused { pid: *pid, started_at: *started_at, identity: identity.clone() };
         }
     }
 
     /// Continues the process group with `SIGCONT`.
     async fn resume(&mut self) {
-        if let (ShellState::Paused { pid, .. }, None, Some(_)) = (&self.state, &self.run, &self.run_dir) {
-            // Restored paused: continue the group, and re-attach at the next step.
-            let pid = *pid;
-            signal_group(pid, Signal::SIGCONT);
-            if let ShellState::Paused { pid, started_at } = self.state {
-                self.state = ShellState::Running { pid, started_at };
+        if let (ShellState::Paused { pid, identity, .. }, None, Some(run_dir)) = (&self.state, &self.run, &self.run_dir)
+        {
+            // Restored paused: continue the group (if its pid is still the
+            // supervisor's), and re-attach at the next step.
+            if adoptable(*pid, identity.as_ref(), run_dir).is_some() {
+                signal_group(*pid, Signal::SIGCONT);
+            }
+            if let ShellState::Paused { pid, started_at, identity } = self.state.clone() {
+                self.state = ShellState::Running { pid, started_at, identity };
             }
             return;
         }
-        if let (ShellState::Paused { pid, started_at }, Some(run)) = (&self.state, self.run.as_mut()) {
+        if let (ShellState::Paused { pid, started_at, identity }, Some(run)) = (&self.state, self.run.as_mut()) {
             signal_group(run.pgid, Signal::SIGCONT);
             run.since = Instant::now();
-            self.state = ShellState::Running { pid: *pid, started_at: *started_at };
+            self.state = ShellState::Running { pid: *pid, started_at: *started_at, identity: identity.clone() };
         } else if let ShellState::Paused { .. } = self.state {
             self.state =
                 ShellState::Failed { reason: "the paused child process is no longer known to this engine".to_owned() };

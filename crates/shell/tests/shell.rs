@@ -523,6 +523,82 @@ fn a_restored_running_child_can_be_killed() {
     assert_group_gone(pid);
 }
 
+/// An unrelated process group, as another user's program that got a
+/// recorded pid after a reboot would be: `sleep 60` leading its own group.
+fn unrelated_group() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    #[allow(clippy::disallowed_methods)] // the test's own bystander, not drover's child
+    let child = std::process::Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
+    child
+}
+
+#[test]
+fn a_recycled_pid_is_never_adopted_paused_or_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let spec = ShellSpec::script("sleep 1000");
+    let governor = Governor::new(2);
+    let running = first_life(&spec, &governor, &run_dir);
+    let ShellState::Running { pid, started_at, identity } = running else { panic!("{running:?}") };
+    let identity = identity.expect("a started child's identity is recorded");
+    // The machine "reboots": the supervisor and its command die, without an
+    // exit code, and an unrelated group gets a pid drover recorded.
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_group_gone(pid);
+    let mut bystander = unrelated_group();
+    let other = bystander.id();
+    std::fs::write(run_dir.join("pid"), format!("{other}\n")).unwrap();
+    let before_it = std::fs::File::options().write(true).open(run_dir.join("pid")).unwrap();
+    before_it.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    drop(before_it);
+
+    // Recorded with its identity (version 3), or without (version 2: the pid
+    // file's time tells), or only as `Starting`: each is killed, paused and
+    // resumed without a signal reaching the bystander, and none adopts it.
+    let states = [
+        ShellState::Running { pid: other, started_at, identity: Some(identity.clone()) },
+        ShellState::Running { pid: other, started_at, identity: None },
+        ShellState::Paused { pid: other, started_at, identity: Some(identity) },
+    ];
+    for state in states {
+        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
+        let label = format!("{state:?}");
+        engine_life(|local| async move {
+            let h = spawn_owned(&local, ShellProcess::restore(spec, governor, run_dir, state), DriveMode::Step);
+            if h.is_paused() {
+                h.resume().unwrap();
+            } else {
+                h.pause().await.unwrap();
+                h.resume().unwrap();
+            }
+            h.kill().await.unwrap();
+            assert_eq!(h.state(), ShellState::Killed);
+        });
+        let stat = std::fs::read_to_string(format!("/proc/{other}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        assert!(after.starts_with(['S', 'R', 'D']), "{label}: the bystander was stopped or killed: {stat}");
+    }
+    for state in [ShellState::Running { pid: other, started_at, identity: None }, ShellState::Starting] {
+        let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.clone());
+        let ended = engine_life(|local| async move {
+            let proc = ShellProcess::restore(spec, governor, run_dir, state);
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()),
+            )
+            .await
+            .expect("it does not wait for the bystander")
+        });
+        assert!(
+            matches!(&ended, ShellState::Failed { reason } if reason.contains("without an exit code")),
+            "{ended:?}"
+        );
+    }
+    assert!(bystander.try_wait().unwrap().is_none(), "the bystander was ended");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
 #[test]
 fn a_start_whose_record_was_lost_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();

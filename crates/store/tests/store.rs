@@ -53,7 +53,8 @@ async fn records_and_reads(backend: Backend) {
     store.insert(new_process("a")).await.unwrap();
     store.insert(NewProcess { parent: Some("a".into()), ..new_process("b") }).await.unwrap();
     assert_eq!(store.insert(new_process("a")).await, Err(StoreError::Duplicate("a".into())));
-    let running = ShellState::Running { pid: 42, started_at: std::time::UNIX_EPOCH + Duration::from_secs(1) };
+    let running =
+        ShellState::Running { pid: 42, started_at: std::time::UNIX_EPOCH + Duration::from_secs(1), identity: None };
     store.record("a", encode(&running), false, false).await.unwrap();
     let done = ShellState::Finished { exit_code: 0, ran_for: Duration::from_secs(2) };
     store.record("a", encode(&done), false, true).await.unwrap();
