@@ -96,14 +96,20 @@ pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
 
 /// The supervisor of a durable child: a `/bin/sh` that leads the process
 /// group, runs the command, and writes its exit code where a later engine
-/// finds it. `mkdir started` makes sure only one supervisor ever runs the
-/// command of a run directory, whatever crashed in between.
+/// finds it. Creating `started` exclusively (`set -C`: `O_EXCL`) makes sure
+/// only one supervisor ever runs the command of a run directory, whatever
+/// crashed in between (an older drover's supervisor made it a directory,
+/// which fails the same way). Only shell builtins: the command is the one
+/// other program it runs. `pid` and `exit` are each written by one `echo`,
+/// one `write` of a line; a reader takes only a whole line.
 const SUPERVISOR: &str = r#"d=$0
-mkdir "$d/started" 2>/dev/null || exit 97
-echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
+set -C
+true 2>/dev/null >"$d/started" || exit 97
+set +C
+echo $$ >"$d/pid"
 "$@"
 code=$?
-echo $code > "$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
+echo $code >"$d/exit"
 exit $code"#;
 
 /// The exit status of a supervisor that found its command already started.

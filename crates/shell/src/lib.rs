@@ -43,6 +43,9 @@
 //! process restored with [`ShellProcess::restore`] re-attaches to its child (or
 //! reads the exit code it recorded) and never starts it twice: the supervisor
 //! refuses to run a command whose run directory says it already started.
+//! The child's identity ([`ProcessIdentity`]: the boot and its start time)
+//! is recorded with its pid, so that a process that got the pid after a
+//! reboot or a pid wrap is never re-attached, paused or killed.
 //!
 //! # The governor
 //!

@@ -153,11 +153,17 @@ fn adoptable(pid: u32, identity: Option<&ProcessIdentity>, run_dir: &Path) -> Op
 }
 
 fn recorded_exit(run_dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(run_dir.join("exit")).ok()?.trim().parse().ok()
+    whole_line(&run_dir.join("exit"))
 }
 
 fn recorded_pid(run_dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(run_dir.join("pid")).ok()?.trim().parse().ok()
+    whole_line(&run_dir.join("pid"))
+}
+
+/// The number on the one line of a supervisor's record, once the line is
+/// whole (the supervisor may be writing it).
+fn whole_line<T: std::str::FromStr>(path: &Path) -> Option<T> {
+    std::fs::read_to_string(path).ok()?.strip_suffix('\n')?.trim().parse().ok()
 }
 
 /// A live child and what the process needs to control it.

@@ -244,8 +244,10 @@ struct Request {
 /// A durable store of processes: one row per process with its latest
 /// checkpoint, and an append-only log of every transition.
 ///
-/// SQLite (embedded, WAL, `synchronous = FULL`) is the default; PostgreSQL
-/// serves several engines. Both have the same schema. Writes go through one
+/// SQLite (embedded, WAL, `synchronous = NORMAL`: a commit survives a crash
+/// of any process, and a power loss may take back the last commits, never
+/// the file's consistency; ARCHITECTURE.md says why that is enough) is the
+/// default; PostgreSQL serves several engines. Both have the same schema. Writes go through one
 /// writer task that commits them in groups: a write returns only once its
 /// group is committed, so it is durable when it returns, and many processes'
 /// checkpoints share one commit.
@@ -419,7 +421,7 @@ impl Store {
             .map_err(db_err)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_err)?;

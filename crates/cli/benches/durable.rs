@@ -1,0 +1,120 @@
+//! The durable path at the bare path's speed: `drover run -j N` on a job file
+//! of `/bin/true` jobs, where every job is recorded in the store before each
+//! step and runs under its supervisor, side by side in one run with
+//! `xargs -P N -n 1 /bin/true` (N = CPUs). Each round is a fresh `drover`
+//! process on a fresh data directory: a cold heap and a new store, as a user
+//! meets them. The figures are wall time (best of the rounds) and CPU time
+//! per job of the whole process tree (the command's own `exec` included on
+//! both sides). The library's non-durable path is measured beside `xargs` in
+//! `cargo bench -p drover-shell --bench shell`.
+//!
+//! `cargo bench -p drover-cli --bench durable` runs 10,000 jobs, three
+//! rounds; `cargo test` runs 200 once, as a smoke test.
+
+#![allow(missing_docs, clippy::disallowed_methods)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The CPU time (user + system) of this process's waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: `getrusage` fills the struct it is given and nothing else.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage), 0);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Runs `cmd` to its end; returns its wall time and its tree's CPU time.
+fn measure(cmd: &mut Command) -> (Duration, Duration) {
+    let cpu = children_cpu();
+    let started = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
+    let wall = started.elapsed();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    (wall, children_cpu() - cpu)
+}
+
+fn xargs(count: usize, parallel: usize) -> (Duration, Duration) {
+    let cpu = children_cpu();
+    let started = Instant::now();
+    let mut child = Command::new("xargs")
+        .args(["-P", &parallel.to_string(), "-n", "1", "/bin/true"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all("x\n".repeat(count).as_bytes()).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    (started.elapsed(), children_cpu() - cpu)
+}
+
+fn drover_run(root: &Path, round: usize, jobs: &Path, parallel: usize) -> (Duration, Duration) {
+    let data = root.join(format!("data-{round}"));
+    measure(
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config-dir")
+            .arg(root)
+            .args(["run", "-j", &parallel.to_string()])
+            .arg(jobs)
+            .stdin(Stdio::null()),
+    )
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (count, rounds) = if full { (10_000, 3) } else { (200, 1) };
+    println!(
+        "drover-cli durable-path benchmark ({} mode, {cpus} CPUs, best of {rounds}, interleaved)\n",
+        if full { "full" } else { "smoke" }
+    );
+    let root = tempfile::tempdir().unwrap();
+    let jobs = root.path().join("trues.toml");
+    let mut file = String::with_capacity(count * 40);
+    for n in 0..count {
+        file.push_str(&format!("[[job]]\nid = \"t{n}\"\ncommand = \"/bin/true\"\n\n"));
+    }
+    std::fs::write(&jobs, file).unwrap();
+
+    let (mut best_xargs, mut best_drover) = ((Duration::MAX, Duration::ZERO), (Duration::MAX, Duration::ZERO));
+    for round in 0..rounds {
+        let x = xargs(count, cpus);
+        if x.0 < best_xargs.0 {
+            best_xargs = x;
+        }
+        let d = drover_run(root.path(), round, &jobs, cpus);
+        if d.0 < best_drover.0 {
+            best_drover = d;
+        }
+        let _ = std::fs::remove_dir_all(root.path().join(format!("data-{round}")));
+    }
+    let per_job = |d: Duration| d.as_secs_f64() * 1e3 / count as f64;
+    println!("{count} runs of /bin/true, {cpus} at a time");
+    println!(
+        "  xargs -P {cpus}        {:>8.2} s   {:>6.0} jobs/s   CPU {:.2} ms/job",
+        best_xargs.0.as_secs_f64(),
+        count as f64 / best_xargs.0.as_secs_f64(),
+        per_job(best_xargs.1)
+    );
+    println!(
+        "  drover run -j {cpus}   {:>8.2} s   {:>6.0} jobs/s   CPU {:.2} ms/job  ({:.2}x xargs; goal 1.5x)",
+        best_drover.0.as_secs_f64(),
+        count as f64 / best_drover.0.as_secs_f64(),
+        per_job(best_drover.1),
+        best_drover.0.as_secs_f64() / best_xargs.0.as_secs_f64()
+    );
+    println!(
+        "  drover's CPU beyond xargs's: {:.2} ms/job (engine, store, supervisor)",
+        per_job(best_drover.1.saturating_sub(best_xargs.1))
+    );
+}
