@@ -256,6 +256,8 @@ struct ComputerEntry {
     scheduler: SchedulerName,
     work_dir: String,
     poll_interval_secs: Option<u64>,
+    /// The program that submits (a site's `sbatch` wrapper); SLURM only.
+    sbatch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,11 +297,21 @@ pub fn computers(section: Option<&Value>, path: &Path) -> Result<Computers, Stri
             (TransportKind::Local, None) => AnyTransport::Local(Local::new()),
             (TransportKind::Local, Some(_)) => return Err(format!("{where_}: a local computer has no `host`")),
         };
+        let slurm = |slurm: Slurm| match &entry.sbatch {
+            Some(sbatch) => slurm.sbatch(sbatch.clone()),
+            None => slurm,
+        };
         let scheduler = match entry.scheduler {
-            SchedulerName::Slurm => AnyScheduler::Slurm(Slurm::new()),
-            SchedulerName::SlurmAccounting => AnyScheduler::Slurm(Slurm::with_accounting()),
+            SchedulerName::Slurm => AnyScheduler::Slurm(slurm(Slurm::new())),
+            SchedulerName::SlurmAccounting => AnyScheduler::Slurm(slurm(Slurm::with_accounting())),
+            SchedulerName::Direct if entry.sbatch.is_some() => {
+                return Err(format!("{where_}: `sbatch` is for a SLURM computer"));
+            }
             SchedulerName::Direct => AnyScheduler::Direct(Direct),
         };
+        if entry.sbatch.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(format!("{where_}: `sbatch` is empty"));
+        }
         let interval = match entry.poll_interval_secs {
             Some(0) => return Err(format!("{where_}: poll_interval_secs must be at least 1")),
             Some(secs) if secs > 86_400 => return Err(format!("{where_}: poll_interval_secs must be at most 86400")),
@@ -354,5 +366,25 @@ mod tests {
         assert_eq!(from_base64(""), Some(Vec::new()));
         assert_eq!(from_base64("abc"), None);
         assert_eq!(from_base64("a*==").as_deref(), None);
+    }
+
+    #[test]
+    fn computer_settings_are_checked() {
+        let read = |extra: Value, transport: &str, scheduler: &str| {
+            let mut c = serde_json::json!({ "transport": transport, "scheduler": scheduler, "work_dir": "w" });
+            if transport == "ssh" {
+                c["host"] = "h".into();
+            }
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            computers(Some(&serde_json::json!({ "c": c })), Path::new("computers.toml")).map(|c| c.len())
+        };
+        use serde_json::json;
+        assert_eq!(read(json!({"sbatch": "/site/sbatch"}), "ssh", "slurm"), Ok(1));
+        let err = |r: Result<usize, String>, needle: &str| {
+            let e = r.unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        err(read(json!({"sbatch": "x"}), "ssh", "direct"), "for a SLURM computer");
+        err(read(json!({"sbatch": " "}), "ssh", "slurm-accounting"), "empty");
     }
 }

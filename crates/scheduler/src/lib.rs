@@ -21,7 +21,14 @@
 //!
 //! - Every step is idempotent and every state serialisable. `Submitting` is
 //!   recorded before `sbatch` runs; a process restored in it looks its job up
-//!   by name (`drover-<id>`) before submitting, so a job is never submitted twice.
+//!   before submitting (in the file the submit wrote in the work directory,
+//!   then among the user's own jobs named `drover-<id>` that ran there, in
+//!   `squeue` and, with accounting, `sacct`), so a job is never submitted
+//!   twice and another user's job is never adopted.
+//! - The job id is read from the line of `sbatch`'s output that is one, so a
+//!   site's wrapper or a login banner printing around it does no harm; a
+//!   submit that exited 0 without a readable id is looked up, and if not
+//!   found fails with what was printed, keeping its work directory.
 //! - One SSH master connection per computer, shared by all its processes;
 //!   at most [`SshConfig::max_channels`] commands at once; a broken connection
 //!   is reopened on next use, no sooner than its backoff allows.
@@ -56,5 +63,5 @@ pub use poller::{DEFAULT_INTERVAL, MIN_INTERVAL, PollError, Poller};
 pub use process::{JobState, SchedulerProcess};
 pub use quote::{quote, quote_all};
 pub use retry::RetryPolicy;
-pub use scheduler::{AnyScheduler, CmdOutput, CommandFailed, Direct, Ended, JobStatus, Scheduler, Slurm};
+pub use scheduler::{AnyScheduler, CmdOutput, CommandFailed, Direct, Ended, JobStatus, SUBMIT_FILE, Scheduler, Slurm};
 pub use transport::{AnyTransport, CommandStats, Local, Ssh, SshConfig, Transport, TransportError};

@@ -124,10 +124,38 @@ async fn run_parsed(
     command: &str,
     parse: impl FnOnce(&crate::scheduler::CmdOutput) -> Result<HashMap<String, JobStatus>, crate::scheduler::CommandFailed>,
 ) -> Result<HashMap<String, JobStatus>, PollError> {
-    match inner.transport.run(command).await {
-        Ok(out) => parse(&out).map_err(|e| PollError { message: e.to_string(), transient: e.transient }),
-        Err(e) => Err(PollError { message: e.to_string(), transient: e.is_transient() }),
+    let out = inner.transport.run(command).await.map_err(poll_error)?;
+    parse(&out).map_err(command_error)
+}
+
+/// The status of each of `ids`: one command for all, or, if the scheduler
+/// refused the batch because of some of them, one command each, so that one
+/// bad id does not blind the others.
+async fn statuses(inner: &Inner, ids: &[&str]) -> Result<HashMap<String, JobStatus>, PollError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
+    inner.polls.fetch_add(1, Ordering::Relaxed);
+    let out = inner.transport.run(&inner.scheduler.status(ids)).await.map_err(poll_error)?;
+    if !inner.scheduler.refused_batch(&out, ids) {
+        return inner.scheduler.parse_status(&out, ids).map_err(command_error);
+    }
+    let mut all = HashMap::new();
+    for id in ids {
+        inner.polls.fetch_add(1, Ordering::Relaxed);
+        let one = [*id];
+        let out = inner.transport.run(&inner.scheduler.status(&one)).await.map_err(poll_error)?;
+        all.extend(inner.scheduler.parse_status(&out, &one).map_err(command_error)?);
+    }
+    Ok(all)
+}
+
+fn poll_error(e: crate::transport::TransportError) -> PollError {
+    PollError { message: e.to_string(), transient: e.is_transient() }
+}
+
+fn command_error(e: crate::scheduler::CommandFailed) -> PollError {
+    PollError { message: e.to_string(), transient: e.transient }
 }
 
 async fn run(weak: Weak<Inner>) {
@@ -152,13 +180,16 @@ async fn run(weak: Weak<Inner>) {
         if ids.is_empty() {
             continue;
         }
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let command = inner.scheduler.status(&refs);
-        inner.polls.fetch_add(1, Ordering::Relaxed);
-        let mut result = run_parsed(&inner, &command, |out| inner.scheduler.parse_status(out, &refs)).await;
+        // An id the scheduler could not have given (a corrupted or forged
+        // checkpoint) is unknown, and never asked about: it could make the
+        // whole batch fail.
+        let (refs, invalid): (Vec<&str>, Vec<&str>) =
+            ids.iter().map(String::as_str).partition(|id| inner.scheduler.valid_id(id));
+        let mut result = statuses(&inner, &refs).await;
         // Jobs that left the queue: one more call, for all of them, where the
         // scheduler reports final states separately (`sacct`).
         if let Ok(statuses) = &mut result {
+            statuses.extend(invalid.iter().map(|id| ((*id).to_owned(), JobStatus::Unknown)));
             let left: Vec<&str> =
                 refs.iter().copied().filter(|id| statuses.get(*id) == Some(&JobStatus::Unknown)).collect();
             if let Some(command) = (!left.is_empty()).then(|| inner.scheduler.final_status(&left)).flatten() {

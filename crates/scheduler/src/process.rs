@@ -188,7 +188,11 @@ impl SchedulerProcess {
             let mkdir = format!("mkdir -p {}", dirs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(" "));
             let out = t.run(&mkdir).await?;
             if out.status != 0 {
-                return Err(Failure { message: format!("mkdir failed: {}", out.stderr.trim()), transient: false });
+                return Err(Failure {
+                    message: format!("mkdir failed: {}", out.stderr.trim()),
+                    transient: false,
+                    accepted: false,
+                });
             }
             for u in &spec.uploads {
                 let target = format!("{dir}/{}", u.target);
@@ -228,19 +232,29 @@ impl SchedulerProcess {
                 let (t, s) = (&computer.transport, &computer.scheduler);
                 if lookup {
                     let out = t.run(&s.lookup(job_name, dir)).await?;
-                    if let Some(id) = s.parse_lookup(&out)? {
+                    if let Some(id) = s.parse_lookup(&out, dir)? {
                         return Ok(id);
                     }
                 }
                 let out = t.run(&s.submit(dir)).await?;
-                Ok(s.parse_submit(&out)?)
+                match s.parse_submit(&out) {
+                    Ok(id) => Ok(id),
+                    // Accepted, but the id was not in what it printed: the
+                    // lookup may find the job; if not, it is not submitted
+                    // again (it may exist) and its directory stays.
+                    Err(e) if e.accepted => {
+                        let out = t.run(&s.lookup(job_name, dir)).await?;
+                        s.parse_lookup(&out, dir)?.ok_or_else(|| e.into())
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
         })
         .await;
         match result {
             Ok(job_id) => self.state = JobState::Queued { job_id },
             Err(f) => {
-                if !f.transient {
+                if !f.transient && !f.accepted {
                     // Refused by the scheduler: leave nothing on the computer.
                     self.clean_up().await;
                 }
@@ -278,9 +292,11 @@ impl SchedulerProcess {
         let computer = &self.computer;
         let dir = self.work_dir();
         let local = &self.spec.local_dir;
-        tokio::fs::create_dir_all(local)
-            .await
-            .map_err(|e| Failure { message: format!("cannot create `{}`: {e}", local.display()), transient: false })?;
+        tokio::fs::create_dir_all(local).await.map_err(|e| Failure {
+            message: format!("cannot create `{}`: {e}", local.display()),
+            transient: false,
+            accepted: false,
+        })?;
         let always = [STDOUT_FILE, STDERR_FILE, EXIT_CODE_FILE];
         for name in always.iter().copied().chain(self.spec.retrieve.iter().map(String::as_str)) {
             let target = local.join(name);
@@ -341,7 +357,7 @@ impl Process<JobState> for SchedulerProcess {
             // The submit may have gone through: find the job by its name.
             let lookup = computer.scheduler.lookup(&self.spec.job_name(), &self.work_dir());
             if let Ok(Ok(out)) = tokio::time::timeout(computer.kill_timeout, computer.transport.run(&lookup)).await {
-                job_id = computer.scheduler.parse_lookup(&out).ok().flatten();
+                job_id = computer.scheduler.parse_lookup(&out, &self.work_dir()).ok().flatten();
             }
         }
         let Some(id) = job_id else {

@@ -17,23 +17,26 @@ pub use drover_core::RetryPolicy;
 pub(crate) struct Failure {
     pub(crate) message: String,
     pub(crate) transient: bool,
+    /// The scheduler accepted the job (see [`CommandFailed::accepted`]): its
+    /// work directory must stay.
+    pub(crate) accepted: bool,
 }
 
 impl From<TransportError> for Failure {
     fn from(e: TransportError) -> Self {
-        Failure { transient: e.is_transient(), message: e.to_string() }
+        Failure { transient: e.is_transient(), message: e.to_string(), accepted: false }
     }
 }
 
 impl From<CommandFailed> for Failure {
     fn from(e: CommandFailed) -> Self {
-        Failure { transient: e.transient, message: e.message }
+        Failure { transient: e.transient, message: e.message, accepted: e.accepted }
     }
 }
 
 impl From<PollError> for Failure {
     fn from(e: PollError) -> Self {
-        Failure { transient: e.transient, message: e.message }
+        Failure { transient: e.transient, message: e.message, accepted: false }
     }
 }
 

@@ -60,6 +60,43 @@ pub struct CommandFailed {
     pub message: String,
     /// Whether trying again later may work (the controller was unreachable).
     pub transient: bool,
+    /// The command itself succeeded (a submit exited 0) but what it printed
+    /// could not be read: the job may exist, so nothing it needs is removed.
+    pub accepted: bool,
+}
+
+/// At most this much of what a remote command printed goes into a message.
+const MAX_QUOTED: usize = 400;
+
+/// `text`, trimmed and cut to [`MAX_QUOTED`] bytes at a character boundary.
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    if text.len() <= MAX_QUOTED {
+        return text.to_owned();
+    }
+    let mut end = MAX_QUOTED;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// The SLURM job id of a line of `sbatch --parsable` output: `ID` or
+/// `ID;CLUSTER`, digits only; `None` for any other line (a banner, a
+/// wrapper's notice).
+fn slurm_id_line(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let (id, cluster) = match line.split_once(';') {
+        Some((id, cluster)) => (id, Some(cluster)),
+        None => (line, None),
+    };
+    let cluster_ok = cluster.is_none_or(|c| !c.is_empty() && !c.contains(char::is_whitespace));
+    (is_slurm_id(id) && cluster_ok).then_some(id)
+}
+
+/// A job id SLURM can be asked about: digits, and not absurdly long.
+fn is_slurm_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl CommandFailed {
@@ -72,7 +109,17 @@ impl CommandFailed {
         let transient = ["unable to contact slurm controller", "socket timed out", "try again", "connection refused"]
             .iter()
             .any(|s| lower.contains(s));
-        CommandFailed { what, message, transient }
+        CommandFailed { what, message: excerpt(&message), transient, accepted: false }
+    }
+
+    /// A submit that exited 0 but printed no line that is a job id.
+    fn no_id(what: &'static str, out: &CmdOutput) -> CommandFailed {
+        let message = format!(
+            "{what}: exited 0 but printed no job id line; it printed: {:?}; its errors: {:?}",
+            excerpt(&out.stdout),
+            excerpt(&out.stderr)
+        );
+        CommandFailed { what, message, transient: false, accepted: true }
     }
 }
 
@@ -89,16 +136,28 @@ pub trait Scheduler {
     ///
     /// The scheduler's message when it refused the job.
     fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed>;
-    /// The command line that finds a job by its name (after an interrupted submit).
+    /// The command line that finds the job of an interrupted submit: from
+    /// what the submit itself wrote in `work_dir`, else among the user's own
+    /// jobs named `job_name` that ran in `work_dir`.
     fn lookup(&self, job_name: &str, work_dir: &str) -> String;
     /// Reads the found job id, if any.
     ///
     /// # Errors
     ///
-    /// When the lookup itself failed.
-    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed>;
+    /// When the lookup itself failed (then nobody knows whether the job
+    /// exists, and nothing may be submitted).
+    fn parse_lookup(&self, out: &CmdOutput, work_dir: &str) -> Result<Option<String>, CommandFailed>;
+    /// Whether `id` is a job id this scheduler could have given; anything
+    /// else (a corrupted or forged checkpoint) never reaches a status command,
+    /// where it could make the whole batch fail.
+    fn valid_id(&self, id: &str) -> bool;
     /// One command line that reports the status of all `ids`.
     fn status(&self, ids: &[&str]) -> String;
+    /// Whether the status command refused the whole batch because of some of
+    /// its ids, so that each must be asked about alone.
+    fn refused_batch(&self, _out: &CmdOutput, _ids: &[&str]) -> bool {
+        false
+    }
     /// Reads the status of each of `ids`; a job the output does not mention is
     /// [`JobStatus::Unknown`].
     ///
@@ -165,22 +224,49 @@ fn body(job: &JobSpec, wrap: &[String]) -> String {
 /// ([`Slurm::with_accounting`]), `squeue` reports the jobs in the queue and one
 /// `sacct` call per interval reports how the jobs that left it ended. Either
 /// way the exit code comes from the file the job script writes.
-#[derive(Clone, Debug, Default)]
+///
+/// The submit writes what `sbatch` printed to [`SUBMIT_FILE`] in the work
+/// directory; the job id is the line of it that is one, whatever else a site's
+/// wrapper or a login banner printed around it. The lookup of an interrupted
+/// submit reads that file first, then asks `squeue --me` (and `sacct` for the
+/// user's own jobs, with accounting) for a job of the job's name that ran in
+/// its work directory: never another user's job of the same name.
+#[derive(Clone, Debug)]
 pub struct Slurm {
     accounting: bool,
+    sbatch: String,
 }
+
+impl Default for Slurm {
+    fn default() -> Slurm {
+        Slurm::new()
+    }
+}
+
+/// Where SLURM's submit keeps what `sbatch` printed, in the work directory.
+pub const SUBMIT_FILE: &str = ".drover-submit";
 
 impl Slurm {
     /// SLURM without accounting (`sacct` unavailable).
     pub fn new() -> Slurm {
-        Slurm { accounting: false }
+        Slurm { accounting: false, sbatch: "sbatch".to_owned() }
     }
 
     /// SLURM with accounting: final states from `sacct`.
     pub fn with_accounting() -> Slurm {
-        Slurm { accounting: true }
+        Slurm { accounting: true, ..Slurm::new() }
+    }
+
+    /// The same, submitting with the program `sbatch` (a site's wrapper)
+    /// instead of the `sbatch` found in the remote `PATH`.
+    pub fn sbatch(mut self, sbatch: impl Into<String>) -> Slurm {
+        self.sbatch = sbatch.into();
+        self
     }
 }
+
+/// Marks of the sections of SLURM's lookup output.
+const SECTION: &str = "@drover-";
 
 impl Scheduler for Slurm {
     fn script(&self, job: &JobSpec) -> String {
@@ -224,26 +310,95 @@ impl Scheduler for Slurm {
     }
 
     fn submit(&self, work_dir: &str) -> String {
-        format!("cd {} && sbatch --parsable {SCRIPT_FILE}", quote(work_dir))
+        // What sbatch prints goes to a file first, so that it is there even
+        // if the connection (or the engine) dies before the id comes back.
+        format!(
+            "cd {} && {{ {} --parsable {SCRIPT_FILE} > {SUBMIT_FILE} 2> {SUBMIT_FILE}.err; drover_s=$?; cat {SUBMIT_FILE}; cat {SUBMIT_FILE}.err >&2; exit $drover_s; }}",
+            quote(work_dir),
+            quote(&self.sbatch)
+        )
     }
 
     fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed> {
-        let id = out.stdout.trim().split(';').next().unwrap_or("").trim();
-        if out.status != 0 || id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        if out.status != 0 {
             return Err(CommandFailed::from_output("sbatch", out));
         }
-        Ok(id.to_owned())
-    }
-
-    fn lookup(&self, job_name: &str, _work_dir: &str) -> String {
-        format!("squeue --states=all --noheader --format=%i --name={}", quote(job_name))
-    }
-
-    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed> {
-        if out.status != 0 {
-            return Err(CommandFailed::from_output("squeue", out));
+        match out.stdout.lines().find_map(slurm_id_line) {
+            Some(id) => Ok(id.to_owned()),
+            None => Err(CommandFailed::no_id("sbatch", out)),
         }
-        Ok(out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned))
+    }
+
+    fn lookup(&self, job_name: &str, work_dir: &str) -> String {
+        let name = quote(job_name);
+        let mut s = format!(
+            "echo {SECTION}file; cat {dir}/{SUBMIT_FILE} 2>/dev/null; \
+             echo {SECTION}squeue; squeue --me --states=all --noheader --format='%i|%Z' --name={name}; echo \"{SECTION}exit $?\"",
+            dir = quote(work_dir)
+        );
+        if self.accounting {
+            let _ = write!(
+                s,
+                "; echo {SECTION}sacct; sacct --noheader --parsable2 --allocations --user=\"$(id -un)\" --starttime=1970-01-01 --format=JobID,WorkDir --name={name}; echo \"{SECTION}exit $?\""
+            );
+        }
+        s
+    }
+
+    fn parse_lookup(&self, out: &CmdOutput, work_dir: &str) -> Result<Option<String>, CommandFailed> {
+        let work_dir = work_dir.trim_end_matches('/');
+        let here = |dir: &str| {
+            let dir = dir.trim().trim_end_matches('/');
+            !work_dir.is_empty()
+                && (dir == work_dir || dir.strip_suffix(work_dir).is_some_and(|head| head.ends_with('/')))
+        };
+        // Anything before the first mark is a login banner.
+        let mut section = None;
+        let mut seen_exit = 0;
+        for line in out.stdout.lines() {
+            if let Some(mark) = line.trim().strip_prefix(SECTION) {
+                if let Some(code) = mark.strip_prefix("exit ") {
+                    seen_exit += 1;
+                    if code.trim() != "0" {
+                        let what = if section == Some("sacct") { "sacct" } else { "squeue" };
+                        return Err(CommandFailed::from_output(what, &CmdOutput { status: 1, ..out.clone() }));
+                    }
+                } else {
+                    section = Some(mark.trim());
+                }
+                continue;
+            }
+            match section {
+                Some("file") => {
+                    if let Some(id) = slurm_id_line(line) {
+                        return Ok(Some(id.to_owned()));
+                    }
+                }
+                Some("squeue" | "sacct") => {
+                    if let Some((id, dir)) = line.trim().split_once('|')
+                        && is_slurm_id(id)
+                        && here(dir)
+                    {
+                        return Ok(Some(id.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let expected = if self.accounting { 2 } else { 1 };
+        if out.status != 0 || seen_exit < expected {
+            // Cut short: nobody knows whether the job exists.
+            return Err(CommandFailed::from_output("looking up the job", out));
+        }
+        Ok(None)
+    }
+
+    fn valid_id(&self, id: &str) -> bool {
+        is_slurm_id(id)
+    }
+
+    fn refused_batch(&self, out: &CmdOutput, ids: &[&str]) -> bool {
+        ids.len() > 1 && out.status != 0 && out.stderr.contains("Invalid job id")
     }
 
     fn status(&self, ids: &[&str]) -> String {
@@ -349,8 +504,11 @@ impl Scheduler for Direct {
 
     fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed> {
         let id = out.stdout.trim();
-        if out.status != 0 || id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        if out.status != 0 {
             return Err(CommandFailed::from_output("starting the job", out));
+        }
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(CommandFailed::no_id("starting the job", out));
         }
         Ok(id.to_owned())
     }
@@ -359,9 +517,13 @@ impl Scheduler for Direct {
         format!("cat {}/{DIRECT_PID_FILE} 2>/dev/null || true", quote(work_dir))
     }
 
-    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed> {
+    fn parse_lookup(&self, out: &CmdOutput, _work_dir: &str) -> Result<Option<String>, CommandFailed> {
         let id = out.stdout.trim();
         Ok((!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_owned()))
+    }
+
+    fn valid_id(&self, id: &str) -> bool {
+        is_slurm_id(id)
     }
 
     fn status(&self, ids: &[&str]) -> String {
@@ -426,8 +588,14 @@ impl Scheduler for AnyScheduler {
     fn lookup(&self, job_name: &str, work_dir: &str) -> String {
         delegate!(self, s => s.lookup(job_name, work_dir))
     }
-    fn parse_lookup(&self, out: &CmdOutput) -> Result<Option<String>, CommandFailed> {
-        delegate!(self, s => s.parse_lookup(out))
+    fn parse_lookup(&self, out: &CmdOutput, work_dir: &str) -> Result<Option<String>, CommandFailed> {
+        delegate!(self, s => s.parse_lookup(out, work_dir))
+    }
+    fn valid_id(&self, id: &str) -> bool {
+        delegate!(self, s => s.valid_id(id))
+    }
+    fn refused_batch(&self, out: &CmdOutput, ids: &[&str]) -> bool {
+        delegate!(self, s => s.refused_batch(out, ids))
     }
     fn status(&self, ids: &[&str]) -> String {
         delegate!(self, s => s.status(ids))

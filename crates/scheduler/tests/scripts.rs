@@ -50,6 +50,8 @@ fn commands() {
         [
             Slurm::new().submit("work dir/p-42"),
             Slurm::new().lookup("drover-p-42", "x"),
+            Slurm::with_accounting().lookup("drover-p-42", "work dir/p-42"),
+            Slurm::new().sbatch("/site/bin/sbatch wrapper").submit("w"),
             Slurm::new().status(&["1", "2", "3"]),
             Slurm::new().cancel("7"),
             Direct.submit("work dir/p-42"),
@@ -69,11 +71,24 @@ fn out(status: i32, stdout: &str, stderr: &str) -> CmdOutput {
 fn slurm_parses_submit_output() {
     assert_eq!(Slurm::new().parse_submit(&out(0, "1234\n", "")), Ok("1234".into()));
     assert_eq!(Slurm::new().parse_submit(&out(0, "1234;cluster\n", "")), Ok("1234".into()));
+    // A site's wrapper and a login banner print around the id.
+    let banner = "Welcome to Cluster X (2 users)\n\nSubmitted to 12 nodes\n  5678  \nRemember: quota 90% full\n";
+    assert_eq!(Slurm::new().parse_submit(&out(0, banner, "")), Ok("5678".into()));
+    assert_eq!(Slurm::new().parse_submit(&out(0, "Job 12 is 7 cores\n99;c1\n", "")), Ok("99".into()));
+    // Exit 0 without an id line: accepted, and the message says what it printed.
+    for printed in ["", "Submitted batch job 12 now\n", "12 13\n", "12;\n", "12;a b\n", "１２\n"] {
+        let e = Slurm::new().parse_submit(&out(0, printed, "note")).unwrap_err();
+        assert!(e.accepted && !e.transient, "{printed:?}: {e:?}");
+        assert!(e.message.contains(&format!("{:?}", printed.trim())) && e.message.contains("note"), "{e}");
+    }
+    // What a remote printed is quoted, not all of it.
+    let huge = "x".repeat(100_000) + "é";
+    assert!(Slurm::new().parse_submit(&out(0, &huge, "")).unwrap_err().message.len() < 1_000);
     let refused = Slurm::new()
         .parse_submit(&out(1, "", "sbatch: error: Batch job submission failed: Invalid partition name specified\n"))
         .unwrap_err();
     assert_eq!(refused.message, "sbatch: error: Batch job submission failed: Invalid partition name specified");
-    assert!(!refused.transient);
+    assert!(!refused.transient && !refused.accepted);
     let down = Slurm::new()
         .parse_submit(&out(
             1,
@@ -154,4 +169,52 @@ fn slurm_with_accounting_asks_sacct_for_the_jobs_that_left_the_queue() {
     let off =
         slurm.parse_final(&out(1, "", "sacct: error: Problem talking to the database: Connection refused"), &["1"]);
     assert!(off.unwrap_err().message.contains("Problem talking to the database"));
+}
+
+#[test]
+fn slurm_looks_up_an_interrupted_submit_in_its_file_then_among_the_users_own_jobs() {
+    let dir = "drover-work/p-42";
+    let home = "/home/ann/drover-work/p-42";
+    let lookup = |slurm: &Slurm, stdout: &str| slurm.parse_lookup(&out(0, stdout, ""), dir);
+    let acct = Slurm::with_accounting();
+    // The file the submit wrote, after a banner that looks like an id section.
+    let file = "Welcome\n@drover-file\nbanner 1\n77\n@drover-squeue\n@drover-exit 0\n@drover-sacct\n@drover-exit 0\n";
+    assert_eq!(lookup(&acct, file), Ok(Some("77".into())));
+    // squeue, where the job ran in this work directory (`%Z` is absolute).
+    let queued = format!("@drover-file\n@drover-squeue\n8|/elsewhere/p-42\n9|{home}\n@drover-exit 0\n");
+    assert_eq!(lookup(&Slurm::new(), &queued), Ok(Some("9".into())));
+    // A job that finished long ago: only `sacct` still knows it.
+    let old = format!("@drover-file\n@drover-squeue\n@drover-exit 0\n@drover-sacct\n31|{home}/\n@drover-exit 0\n");
+    assert_eq!(lookup(&acct, &old), Ok(Some("31".into())));
+    // Another directory of the same name, or nothing: not found.
+    let other = "@drover-file\n@drover-squeue\n8|/x/other-work/p-42\n8|/x/drover-work/p-42x\n@drover-exit 0\n";
+    assert_eq!(lookup(&Slurm::new(), other), Ok(None));
+    // A lookup that failed or was cut short says so: nothing may be submitted.
+    let failed = "@drover-file\n@drover-squeue\n@drover-exit 1\n";
+    let e = Slurm::new()
+        .parse_lookup(&out(0, failed, "squeue: error: Unable to contact slurm controller"), dir)
+        .unwrap_err();
+    assert!(e.transient, "{e:?}");
+    assert!(lookup(&acct, "@drover-file\n@drover-squeue\n@drover-exit 0\n").is_err(), "sacct never answered");
+    assert!(lookup(&Slurm::new(), "").is_err());
+    // Only the user's own jobs are searched.
+    assert!(Slurm::new().lookup("n", dir).contains("squeue --me "));
+    assert!(acct.lookup("n", dir).contains("--user=\"$(id -un)\""));
+}
+
+#[test]
+fn slurm_keeps_ids_it_cannot_have_given_out_of_its_commands() {
+    let slurm = Slurm::new();
+    for ok in ["1", "123456789"] {
+        assert!(slurm.valid_id(ok), "{ok}");
+    }
+    for bad in ["", "abc", "1,2", "12;c", "1_2", "$(x)", "1 2", &"9".repeat(40)] {
+        assert!(!slurm.valid_id(bad), "{bad}");
+    }
+    // squeue refuses a whole batch over ids it does not know: each is asked
+    // about alone.
+    let refused = out(1, "", "slurm_load_jobs error: Invalid job id specified\n");
+    assert!(slurm.refused_batch(&refused, &["1", "2"]));
+    assert!(!slurm.refused_batch(&refused, &["1"]));
+    assert!(!slurm.refused_batch(&out(0, "1|RUNNING\n", ""), &["1", "2"]));
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use drover_core::{DriveMode, Process, ProcessHandler, spawn_owned};
 use drover_scheduler::{
-    AnyScheduler, AnyTransport, Computer, Direct, JobSpec, JobState, Local, Resources, RetryPolicy, SchedulerProcess,
-    Slurm, Source, Ssh, SshConfig, Transport, Upload,
+    AnyScheduler, AnyTransport, Computer, Direct, JobSpec, JobState, JobStatus, Local, Resources, RetryPolicy,
+    Scheduler, SchedulerProcess, Slurm, Source, Ssh, SshConfig, Transport, Upload,
 };
 use tokio::task::LocalSet;
 
@@ -553,5 +553,226 @@ fn with_accounting_final_states_come_from_one_sacct_per_interval() {
         assert!(sacct >= 1, "no sacct ran: {commands:?}");
         assert_eq!(sacct, c.poller().final_queries());
         assert!((sacct as f64) <= intervals + 2.0, "{sacct} sacct calls in {intervals:.1} intervals");
+    });
+}
+
+/// A directory every user may read, for programs the test user runs.
+fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// An executable `sbatch` wrapper with body `body` in `dir`.
+fn wrapper(dir: &Path, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn computer_with(via: Via, slurm: Slurm) -> Arc<Computer> {
+    computer(via, AnyScheduler::Slurm(slurm))
+}
+
+/// Whether `path` exists on the computer.
+async fn exists(c: &Computer, path: &str) -> bool {
+    let out = c.transport.run(&format!("test -e {} && echo yes || echo no", drover_scheduler::quote(path))).await;
+    out.unwrap().stdout.trim() == "yes"
+}
+
+#[test]
+fn a_site_sbatch_wrapper_that_prints_banners_is_understood() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = shared_dir();
+        let chatty = wrapper(
+            bin.path(),
+            "chatty",
+            "echo 'Welcome to Cluster X: 12 nodes, 3 down'; echo; sbatch \"$@\"; s=$?; echo 'Remember: quota 90% full'; exit $s",
+        );
+        let silent = wrapper(bin.path(), "silent", "sbatch \"$@\" > /dev/null");
+        let liar = wrapper(bin.path(), "liar", "echo 'sbatch is under maintenance until 18:00'");
+        for via in [Via::Ssh, Via::Local] {
+            // Banners around the id.
+            let c = computer_with(via, Slurm::new().sbatch(chatty.clone()));
+            let state = finish(launch(&local, spec(&unique("chatty"), "echo", &["hi"], dir.path()), &c)).await;
+            assert!(state.succeeded(), "{via:?}: {state:?}");
+
+            // Accepted, but no id printed: found by the lookup, not submitted twice.
+            let c = computer_with(via, Slurm::with_accounting().sbatch(silent.clone()));
+            let id = unique("silent");
+            let state = finish(launch(&local, spec(&id, "echo", &["hi"], dir.path()), &c)).await;
+            assert!(state.succeeded(), "{via:?}: {state:?}");
+            assert_eq!(sacct_ids(&format!("drover-{id}")).len(), 1, "{via:?}: submitted twice");
+
+            // Exit 0 and no job anywhere: a failure that says what sbatch
+            // printed, and the work directory stays (the job may exist).
+            let c = computer_with(via, Slurm::new().sbatch(liar.clone()));
+            let id = unique("liar");
+            let state = finish(launch(&local, spec(&id, "true", &[], dir.path()), &c)).await;
+            assert!(
+                matches!(&state, JobState::Failed { reason, .. } if reason.contains("under maintenance until 18:00")),
+                "{via:?}: {state:?}"
+            );
+            assert!(
+                exists(&c, &c.work_dir(&id)).await,
+                "{via:?}: the work directory of an accepted submit was removed"
+            );
+        }
+    });
+}
+
+/// The ids of the jobs named `name` that `sacct` knows, of any user, once it
+/// knows one (slurmdbd records a job a moment after SLURM ran it).
+fn sacct_ids(name: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("sacct")
+            .args([
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                "--allusers",
+                "--starttime=now-1day",
+                "--format=JobID",
+            ])
+            .arg(format!("--name={name}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sacct: {}", String::from_utf8_lossy(&out.stderr));
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        if !ids.is_empty() || Instant::now() > deadline {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_garbage_or_unknown_job_id_does_not_blind_the_batched_status() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        for slurm in [Slurm::new(), Slurm::with_accounting()] {
+            let c = computer_with(Via::Ssh, slurm.clone());
+            let h = launch(&local, spec(&unique("blind"), "sleep", &["600"], dir.path()), &c);
+            wait_for("running", &h, |s| matches!(s, JobState::Running { .. })).await;
+            let id = h.state().job_id().unwrap().to_owned();
+            // Asked about in the same tick as a job id from a corrupted
+            // checkpoint and one SLURM never gave.
+            let poller = c.poller();
+            let (real, garbage, unknown) = tokio::time::timeout(Duration::from_secs(30), async {
+                tokio::join!(
+                    poller.wait_change(&id, JobStatus::Pending),
+                    poller.wait_change("12abc", JobStatus::Pending),
+                    poller.wait_change("999999999", JobStatus::Pending),
+                )
+            })
+            .await
+            .expect("the poller never answered");
+            assert_eq!(real.unwrap(), JobStatus::Running, "{slurm:?}: one bad id hid a running job");
+            assert_eq!(garbage.unwrap(), JobStatus::Unknown);
+            assert_eq!(unknown.unwrap(), JobStatus::Unknown);
+            h.kill().await.unwrap();
+        }
+    });
+}
+
+/// Drives a fresh process to `Submitting` (checked and uploaded), as an engine
+/// that crashed right before its submit would have left it, and returns the
+/// state it was recorded in.
+async fn up_to_submitting(local: &LocalSet, job: &JobSpec, c: &Arc<Computer>) -> JobState {
+    let h = spawn_owned(local, SchedulerProcess::new(job.clone(), c.clone()), DriveMode::Step);
+    for _ in 0..2 {
+        h.nudge().await.unwrap();
+    }
+    wait_for("submitting", &h, |s| matches!(s, JobState::Submitting { .. })).await;
+    let state = h.state();
+    drop(h);
+    state
+}
+
+#[test]
+fn an_interrupted_submit_whose_job_finished_long_ago_is_adopted_not_resubmitted() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer_with(Via::Ssh, Slurm::with_accounting());
+        let id = unique("gone");
+        let job = spec(&id, "sh", &["-c", "echo once >> ../gone-ran-$0", &id], dir.path());
+        let submitting = up_to_submitting(&local, &job, &c).await;
+        // The crashed engine's submit went through, and the job ran to its end.
+        let work = c.work_dir(&id);
+        let out = c.transport.run(&format!("cd {} && sbatch --parsable job.sh", drover_scheduler::quote(&work))).await;
+        let first = out.unwrap().stdout.trim().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sacct_state(&first).starts_with("COMPLETED") {
+            assert!(Instant::now() < deadline, "job {first} never completed: {}", sacct_state(&first));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // What the real lookup prints: `sacct` finds it (where `squeue` would
+        // have forgotten it after `MinJobAge`), once slurmdbd recorded it.
+        let slurm = Slurm::with_accounting();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lookup = c.transport.run(&slurm.lookup(&job.job_name(), &work)).await.unwrap();
+            let in_sacct = lookup.stdout.split("@drover-sacct").nth(1).unwrap_or("");
+            if in_sacct.lines().any(|l| l.starts_with(&format!("{first}|"))) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sacct never found it: {}", lookup.stdout);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+
+        let h = spawn_owned(&local, SchedulerProcess::restore(job, c.clone(), submitting), DriveMode::FireAndForget);
+        h.try_nudge().unwrap();
+        let state = finish(h).await;
+        assert!(state.succeeded(), "{state:?}");
+        assert_eq!(state.job_id(), Some(first.as_str()), "the finished job was not adopted");
+        assert_eq!(sacct_ids(&format!("drover-{id}")), vec![first], "submitted again");
+        let ran = c.transport.run(&format!("cat {}/../gone-ran-{id}", drover_scheduler::quote(&work))).await.unwrap();
+        assert_eq!(ran.stdout, "once\n");
+    });
+}
+
+fn sacct_state(job_id: &str) -> String {
+    let out = std::process::Command::new("sacct")
+        .args(["--noheader", "--parsable2", "--allocations", "--format=State", "--jobs", job_id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn another_users_job_of_the_same_name_and_directory_is_never_adopted() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        for slurm in [Slurm::new(), Slurm::with_accounting()] {
+            // This engine runs as root, on the login node.
+            let c = computer_with(Via::Local, slurm.clone());
+            let id = unique("theirs");
+            let job = spec(&id, "true", &[], dir.path());
+            let submitting = up_to_submitting(&local, &job, &c).await;
+            let work = c.work_dir(&id);
+            // Another user's job of the same name, in the same directory.
+            let theirs = std::process::Command::new("ssh")
+                .args([SSH_HOST, "sbatch", "--parsable", "-o", "/dev/null", "--wrap", "'sleep 300'"])
+                .arg(format!("--job-name=drover-{id}"))
+                .arg(format!("--chdir={work}"))
+                .output()
+                .unwrap();
+            assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
+            let theirs = String::from_utf8_lossy(&theirs.stdout).trim().to_owned();
+
+            let h =
+                spawn_owned(&local, SchedulerProcess::restore(job, c.clone(), submitting), DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            let state = finish(h).await;
+            let cancel = std::process::Command::new("scancel").arg(&theirs).status().unwrap();
+            assert!(cancel.success());
+            assert!(state.succeeded(), "{slurm:?}: {state:?}");
+            assert_ne!(state.job_id(), Some(theirs.as_str()), "{slurm:?}: adopted another user's job");
+        }
     });
 }
