@@ -29,6 +29,8 @@
 //!   site's wrapper or a login banner printing around it does no harm; a
 //!   submit that exited 0 without a readable id is looked up, and if not
 //!   found fails with what was printed, keeping its work directory.
+//! - A direct job's id records the process's start time and the host's boot
+//!   id beside its pid: a recycled pid is never followed or killed.
 //! - One SSH master connection per computer, shared by all its processes;
 //!   at most [`SshConfig::max_channels`] commands at once; a broken connection
 //!   is reopened on next use, no sooner than its backoff allows.

@@ -263,7 +263,25 @@ impl SchedulerProcess {
         }
     }
 
+    /// Whether the job wrote its exit code, asked first where the job's id
+    /// may outlive it ([`Scheduler::exit_code_first`]); `false` when that
+    /// cannot be told.
+    async fn wrote_exit_code(&self) -> bool {
+        if !self.computer.scheduler.exit_code_first() {
+            return false;
+        }
+        let mark = "drover-exit-code-written";
+        let file = format!("{}/{EXIT_CODE_FILE}", self.work_dir());
+        let test = format!("test -e {} && echo {mark}; true", quote(&file));
+        let out = self.computer.transport.run(&test).await;
+        out.is_ok_and(|out| out.stdout.lines().any(|l| l.trim() == mark))
+    }
+
     async fn follow(&mut self, job_id: String, running: bool) {
+        if interruptible(self.wrote_exit_code()).await {
+            self.state = JobState::Retrieving { job_id, ended: Ended::Completed };
+            return;
+        }
         let computer = self.computer.clone();
         let last = if running { JobStatus::Running } else { JobStatus::Pending };
         let result = retrying(computer.retry, || async {
@@ -364,6 +382,14 @@ impl Process<JobState> for SchedulerProcess {
             self.state = JobState::Killed { job_id: None, cancel_pending: false };
             return;
         };
+        let ended = computer.transport.reachable()
+            && tokio::time::timeout(computer.kill_timeout, self.wrote_exit_code()).await.unwrap_or(false);
+        if ended {
+            // Nothing left to cancel, and its pid may be another process's.
+            let _ = tokio::time::timeout(computer.kill_timeout, self.fetch()).await;
+            self.state = JobState::Killed { job_id: Some(id), cancel_pending: false };
+            return;
+        }
         let confirmed = computer.transport.reachable()
             && matches!(
                 tokio::time::timeout(

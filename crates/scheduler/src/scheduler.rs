@@ -153,6 +153,12 @@ pub trait Scheduler {
     fn valid_id(&self, id: &str) -> bool;
     /// One command line that reports the status of all `ids`.
     fn status(&self, ids: &[&str]) -> String;
+    /// Whether a job that wrote its exit code file has ended, so that the file
+    /// is read before the job's id is asked about: where an id can outlive
+    /// its job (a pid that another process may hold by now).
+    fn exit_code_first(&self) -> bool {
+        false
+    }
     /// Whether the status command refused the whole batch because of some of
     /// its ids, so that each must be asked about alone.
     fn refused_batch(&self, _out: &CmdOutput, _ids: &[&str]) -> bool {
@@ -478,13 +484,84 @@ fn slurm_state(state: &str) -> JobStatus {
 }
 
 /// No batch system: the job script runs as a detached background process in
-/// its own session on the target, followed with `ps` and stopped with `kill`.
-/// A wall time is enforced with `timeout`.
+/// its own session on the target, followed through `/proc` and stopped with
+/// `kill`. A wall time is enforced with `timeout`. Linux targets only.
+///
+/// A pid alone does not name a process for long: after a reboot or a pid
+/// wrap another process may hold it. So the job id is `PID:START:BOOT`: the
+/// pid, the process's start time (field 22 of `/proc/PID/stat`) and the
+/// host's boot id (`/proc/sys/kernel/random/boot_id`), read at submit time.
+/// Status and cancel act on the pid only while all three still match; a
+/// process that holds the pid now but started at another time or before
+/// another boot is somebody else's, and the job counts as gone (its exit code
+/// file says how it ended). A bare `PID` (recorded before the identity was)
+/// is still followed and cancelled by pid alone, once its exit code file
+/// (read first, see [`Scheduler::exit_code_first`]) says it has not ended.
 #[derive(Clone, Debug, Default)]
 pub struct Direct;
 
-/// Where `Direct` records a job's pid, for lookups after an interrupted submit.
+/// Where `Direct` records a job's id, for lookups after an interrupted submit.
 const DIRECT_PID_FILE: &str = ".drover-job-id";
+
+/// Shell functions of `Direct`'s status and cancel commands:
+/// `drover_alive PID START BOOT` succeeds while process PID lives (and is no
+/// zombie) and, unless START is empty, started at START during boot BOOT.
+const DIRECT_ALIVE: &str = "drover_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null); \
+drover_alive() { drover_s=$(sed 's/.*) //' /proc/\"$1\"/stat 2>/dev/null) && [ -n \"$drover_s\" ] || return 1; \
+set -- \"$1\" \"$2\" \"$3\" $drover_s; [ \"$4\" != Z ] || return 1; \
+[ -z \"$2\" ] || { [ \"$3\" = \"$drover_boot\" ] && [ \"${23}\" = \"$2\" ]; }; }; ";
+
+/// A direct job's id: its pid, and (unless recorded by an older drover) the
+/// process's start time and the host's boot id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirectId<'a> {
+    pid: &'a str,
+    identity: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> DirectId<'a> {
+    /// Reads `PID` or `PID:START:BOOT`; `None` for anything else.
+    fn parse(id: &'a str) -> Option<DirectId<'a>> {
+        let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        let mut parts = id.trim().split(':');
+        let pid = parts.next().filter(|p| digits(p))?;
+        match (parts.next(), parts.next(), parts.next()) {
+            (None, ..) => Some(DirectId { pid, identity: None }),
+            // No `/proc` where it started: only the pid is known.
+            (Some(""), Some(""), None) => Some(DirectId { pid, identity: None }),
+            (Some(start), Some(boot), None)
+                if digits(start)
+                    && !boot.is_empty()
+                    && boot.len() <= 64
+                    && boot.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+            {
+                Some(DirectId { pid, identity: Some((start, boot)) })
+            }
+            _ => None,
+        }
+    }
+
+    /// The id as recorded.
+    fn text(&self) -> String {
+        match self.identity {
+            Some((start, boot)) => format!("{}:{start}:{boot}", self.pid),
+            None => self.pid.to_owned(),
+        }
+    }
+
+    /// `drover_alive` called for this process.
+    fn alive(&self) -> String {
+        let (start, boot) = self.identity.unwrap_or(("", ""));
+        format!("drover_alive {} {} {}", quote(self.pid), quote(start), quote(boot))
+    }
+}
+
+impl Direct {
+    /// The id on the last line of `stdout` that is one (banners come first).
+    fn id_in(stdout: &str) -> Option<String> {
+        stdout.lines().rev().find_map(DirectId::parse).map(|id| id.text())
+    }
+}
 
 impl Scheduler for Direct {
     fn script(&self, job: &JobSpec) -> String {
@@ -496,21 +573,21 @@ impl Scheduler for Direct {
     }
 
     fn submit(&self, work_dir: &str) -> String {
+        // The job is still this shell's child (a zombie at worst) while its
+        // start time is read.
         format!(
-            "cd {} && {{ setsid nohup bash {SCRIPT_FILE} > {STDOUT_FILE} 2> {STDERR_FILE} < /dev/null & echo $! > {DIRECT_PID_FILE}; cat {DIRECT_PID_FILE}; }}",
+            "cd {} && {{ setsid nohup bash {SCRIPT_FILE} > {STDOUT_FILE} 2> {STDERR_FILE} < /dev/null & drover_pid=$!; \
+             drover_start=$(sed 's/.*) //' /proc/$drover_pid/stat 2>/dev/null | cut -d' ' -f20); \
+             echo \"$drover_pid:$drover_start:$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\" > {DIRECT_PID_FILE}; cat {DIRECT_PID_FILE}; }}",
             quote(work_dir)
         )
     }
 
     fn parse_submit(&self, out: &CmdOutput) -> Result<String, CommandFailed> {
-        let id = out.stdout.trim();
         if out.status != 0 {
             return Err(CommandFailed::from_output("starting the job", out));
         }
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            return Err(CommandFailed::no_id("starting the job", out));
-        }
-        Ok(id.to_owned())
+        Direct::id_in(&out.stdout).ok_or_else(|| CommandFailed::no_id("starting the job", out))
     }
 
     fn lookup(&self, _job_name: &str, work_dir: &str) -> String {
@@ -518,38 +595,59 @@ impl Scheduler for Direct {
     }
 
     fn parse_lookup(&self, out: &CmdOutput, _work_dir: &str) -> Result<Option<String>, CommandFailed> {
-        let id = out.stdout.trim();
-        Ok((!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_owned()))
+        Ok(Direct::id_in(&out.stdout))
     }
 
     fn valid_id(&self, id: &str) -> bool {
-        is_slurm_id(id)
+        DirectId::parse(id).is_some_and(|d| d.text() == id)
+    }
+
+    fn exit_code_first(&self) -> bool {
+        true
     }
 
     fn status(&self, ids: &[&str]) -> String {
-        format!("ps -o pid=,stat= -p {} || true", quote(&ids.join(",")))
+        let mut s = String::from(DIRECT_ALIVE);
+        for id in ids.iter().filter_map(|id| DirectId::parse(id)) {
+            let text = quote(&id.text());
+            let _ = write!(s, "if {}; then echo {text} running; else echo {text} gone; fi; ", id.alive());
+        }
+        s.push_str("true");
+        s
     }
 
     fn parse_status(&self, out: &CmdOutput, ids: &[&str]) -> Result<HashMap<String, JobStatus>, CommandFailed> {
-        // A pid `ps` does not list has ended; its exit code file says how.
-        let mut map: HashMap<String, JobStatus> =
-            ids.iter().map(|id| ((*id).to_owned(), JobStatus::Done(Ended::Completed))).collect();
+        if out.status != 0 {
+            return Err(CommandFailed::from_output("checking the job", out));
+        }
+        let mut map: HashMap<String, JobStatus> = ids.iter().map(|id| ((*id).to_owned(), JobStatus::Unknown)).collect();
         for line in out.stdout.lines() {
             let mut words = line.split_whitespace();
-            let (Some(pid), Some(stat)) = (words.next(), words.next()) else { continue };
-            if let Some(slot) = map.get_mut(pid)
-                && !stat.starts_with('Z')
-            {
-                *slot = JobStatus::Running;
+            let (Some(id), Some(state), None) = (words.next(), words.next(), words.next()) else { continue };
+            let Some(slot) = map.get_mut(id) else { continue };
+            match state {
+                "running" => *slot = JobStatus::Running,
+                // Ended (or the pid is another process's now): its exit code
+                // file says how.
+                "gone" => *slot = JobStatus::Done(Ended::Completed),
+                _ => {}
             }
         }
         Ok(map)
     }
 
     fn cancel(&self, id: &str) -> String {
-        // The job leads its own session and process group: end all of it.
+        // The job leads its own session and process group: end all of it,
+        // but only while the pid is still the job's.
         // (`kill -TERM -PGID`: dash's `kill` does not take `--`.)
-        format!("kill -TERM -{id} 2>/dev/null; kill -TERM {id} 2>/dev/null; true", id = quote(id))
+        match DirectId::parse(id) {
+            Some(id) => format!(
+                "{DIRECT_ALIVE}if {}; then kill -TERM -{pid} 2>/dev/null; kill -TERM {pid} 2>/dev/null; fi; true",
+                id.alive(),
+                pid = quote(id.pid)
+            ),
+            None => "true".to_owned(),
+        }
     }
 
     fn parse_cancel(&self, _out: &CmdOutput) -> Result<(), CommandFailed> {
@@ -596,6 +694,9 @@ impl Scheduler for AnyScheduler {
     }
     fn refused_batch(&self, out: &CmdOutput, ids: &[&str]) -> bool {
         delegate!(self, s => s.refused_batch(out, ids))
+    }
+    fn exit_code_first(&self) -> bool {
+        delegate!(self, s => s.exit_code_first())
     }
     fn status(&self, ids: &[&str]) -> String {
         delegate!(self, s => s.status(ids))

@@ -56,8 +56,9 @@ fn commands() {
             Slurm::new().cancel("7"),
             Direct.submit("work dir/p-42"),
             Direct.lookup("drover-p-42", "work dir/p-42"),
-            Direct.status(&["11", "12"]),
+            Direct.status(&["11", "12:5:b00f-1d"]),
             Direct.cancel("11"),
+            Direct.cancel("12:5:b00f-1d"),
         ]
         .join("\n")
     );
@@ -124,11 +125,39 @@ fn slurm_parses_status_output() {
 }
 
 #[test]
-fn direct_parses_ps_output() {
-    let got = Direct.parse_status(&out(0, "  11 Ss\n  12 Z\n", ""), &["11", "12", "13"]).unwrap();
+fn direct_parses_its_status_output() {
+    let ids = ["11", "12:5:ab-1", "13:6:ab-1", "14"];
+    let got =
+        Direct.parse_status(&out(0, "11 running\n12:5:ab-1 gone\nbanner line\n13:6:ab-1 running\n", ""), &ids).unwrap();
     assert_eq!(got["11"], JobStatus::Running);
-    assert_eq!(got["12"], JobStatus::Done(Ended::Completed));
-    assert_eq!(got["13"], JobStatus::Done(Ended::Completed));
+    assert_eq!(got["12:5:ab-1"], JobStatus::Done(Ended::Completed));
+    assert_eq!(got["13:6:ab-1"], JobStatus::Running);
+    assert_eq!(got["14"], JobStatus::Unknown, "a job the output does not mention is not taken for ended");
+    assert!(Direct.parse_status(&out(1, "", "sh: cannot fork"), &ids).is_err());
+}
+
+#[test]
+fn direct_ids_carry_the_process_identity() {
+    let boot = "6f1c0c9e-3b7a-4e0e-9d52-0c6f2f0e8a11";
+    let with = format!("4242:987654:{boot}");
+    // Banners before the id are skipped; the id is recorded whole.
+    assert_eq!(Direct.parse_submit(&out(0, &format!("Welcome!\n{with}\n"), "")), Ok(with.clone()));
+    // Where `/proc` is missing, only the pid is known.
+    assert_eq!(Direct.parse_submit(&out(0, "4242::\n", "")), Ok("4242".into()));
+    let none = Direct.parse_submit(&out(0, "motd\n", "")).unwrap_err();
+    assert!(none.accepted && none.message.contains("motd"), "{none:?}");
+    assert_eq!(Direct.parse_lookup(&out(0, &format!("{with}\n"), ""), "w"), Ok(Some(with.clone())));
+    assert_eq!(Direct.parse_lookup(&out(0, "", ""), "w"), Ok(None));
+    for ok in ["1", &with] {
+        assert!(Direct.valid_id(ok), "{ok}");
+    }
+    for bad in ["", "x", "1:2", "1:2:3:4", "1:x:ab", "1:2:$(reboot)", "1::", "-1"] {
+        assert!(!Direct.valid_id(bad), "{bad}");
+    }
+    // The status and cancel commands check the identity, and quote it.
+    assert!(Direct.status(&[&with]).contains(&format!("drover_alive '4242' '987654' '{boot}'")));
+    assert!(Direct.cancel(&with).contains(&format!("if drover_alive '4242' '987654' '{boot}'; then kill")));
+    assert_eq!(Direct.cancel("1; reboot"), "true", "an id that is none is never killed");
 }
 
 #[test]

@@ -776,3 +776,79 @@ fn another_users_job_of_the_same_name_and_directory_is_never_adopted() {
         }
     });
 }
+
+/// The start time (field 22 of `/proc/PID/stat`) of a local process.
+fn start_time(pid: &str) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(19).unwrap().to_owned()
+}
+
+#[test]
+fn a_direct_job_never_follows_or_kills_a_process_that_took_its_pid() {
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let c = computer(Via::Ssh, AnyScheduler::Direct(Direct));
+        let id = unique("pid");
+        let job = spec(&id, "true", &[], dir.path());
+        let h = launch(&local, job.clone(), &c);
+        let recorded = match finish(h).await {
+            JobState::Finished { job_id, exit_code: 0 } => job_id,
+            other => panic!("{other:?}"),
+        };
+        // An unrelated process group of the same user now holds the pid the
+        // job had (faked: the recorded pid is replaced by its own).
+        let tag = std::process::id() % 100_000;
+        let other = std::process::Command::new("ssh")
+            .arg(SSH_HOST)
+            .arg(format!("setsid sleep 300.{tag} > /dev/null 2>&1 < /dev/null & echo $!"))
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&other.stdout).trim().to_owned();
+        assert!(!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()), "{other:?}");
+        // (A process killed here may stay a zombie: nobody reaps it.)
+        let alive = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rfind(')').is_some_and(|i| !stat[i..].starts_with(") Z"))
+        };
+        assert!(alive());
+        let recycled = format!("{pid}{}", &recorded[recorded.find(':').unwrap_or(recorded.len())..]);
+        assert_ne!(recycled, pid, "the job id records no identity beside the pid: {recorded}");
+
+        let poller = c.poller();
+        let status = tokio::time::timeout(Duration::from_secs(30), poller.wait_change(&recycled, JobStatus::Running));
+        assert_eq!(status.await.unwrap().unwrap(), JobStatus::Done(drover_scheduler::Ended::Completed));
+        // The same check knows the process when the identity is its own.
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let own = format!("{pid}:{}:{}", start_time(&pid), boot.trim());
+        let status = tokio::time::timeout(Duration::from_secs(30), poller.wait_change(&own, JobStatus::Pending));
+        assert_eq!(status.await.unwrap().unwrap(), JobStatus::Running);
+
+        // A checkpoint of an older drover holds the bare pid: the exit code
+        // the job wrote is read before the pid is asked about.
+        let states = [
+            JobState::Running { job_id: recycled.clone() },
+            JobState::Queued { job_id: recycled.clone() },
+            JobState::Running { job_id: pid.clone() },
+        ];
+        let restored = SchedulerProcess::restore(job.clone(), c.clone(), states[2].clone());
+        let follower = spawn_owned(&local, restored, DriveMode::Step);
+        follower.nudge().await.unwrap();
+        wait_for("the next state", &follower, |s| !matches!(s, JobState::Running { .. })).await;
+        assert!(matches!(follower.state(), JobState::Retrieving { .. }), "{:?}", follower.state());
+        drop(follower);
+        for state in states {
+            let restored =
+                spawn_owned(&local, SchedulerProcess::restore(job.clone(), c.clone(), state), DriveMode::Step);
+            restored.kill().await.unwrap();
+            assert!(
+                matches!(restored.state(), JobState::Killed { cancel_pending: false, .. }),
+                "{:?}",
+                restored.state()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(alive(), "kill reached a process that only has the job's old pid");
+        }
+        let _ = std::process::Command::new("kill").arg(&pid).status();
+    });
+}
