@@ -415,15 +415,16 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
     }
     let sdiag = sh("sdiag");
     assert_eq!(rpc_count(&sdiag, "REQUEST_SUBMIT_BATCH_JOB"), 50, "sbatch calls");
-    // One engine at a time talks to the cluster: one SSH connection for the
-    // first holder, one for the engine that took over; one squeue per
-    // interval from whichever holds it (three pollers would make three times
-    // as many).
+    // One engine at a time talks to the cluster, over the one SSH master of
+    // this user and destination: the first holder starts it (or joins one an
+    // earlier run left, which then idles out), the engine that took over
+    // joins it; one squeue per interval from whichever holds it (three
+    // pollers would make three times as many).
     let ssh = std::fs::read_to_string(SSHD_LOG).unwrap_or_default().matches("Accepted publickey").count() - ssh_before;
     let squeues = rpc_count(&sdiag, "REQUEST_JOB_INFO");
     let intervals = took.as_secs() / 2;
     println!("{took:?}: {ssh} SSH connections, {squeues} squeue calls ({intervals} intervals of 2 s), 50 sbatch");
-    assert_eq!(ssh, 2, "SSH connections to the cluster");
+    assert!(ssh <= 1, "{ssh} SSH connections to the cluster");
     assert!(squeues <= intervals + 6, "{squeues} squeue calls in {intervals} intervals");
 }
 

@@ -258,6 +258,8 @@ struct ComputerEntry {
     poll_interval_secs: Option<u64>,
     /// The program that submits (a site's `sbatch` wrapper); SLURM only.
     sbatch: Option<String>,
+    /// How long the SSH master stays with nobody using it; ssh only.
+    ssh_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,8 +293,20 @@ pub fn computers(section: Option<&Value>, path: &Path) -> Result<Computers, Stri
     let mut computers = HashMap::new();
     for (name, entry) in entries {
         let where_ = format!("{}: computer `{name}`", path.display());
+        let idle = match entry.ssh_idle_secs {
+            Some(secs @ 1..=86_400) => Some(Duration::from_secs(secs)),
+            Some(_) => return Err(format!("{where_}: ssh_idle_secs must be from 1 to 86400")),
+            None => None,
+        };
         let transport = match (entry.transport, entry.host) {
-            (TransportKind::Ssh, Some(host)) => AnyTransport::Ssh(Ssh::new(SshConfig::new(host))),
+            (TransportKind::Ssh, Some(host)) => {
+                let mut config = SshConfig::new(host);
+                config.idle_timeout = idle.unwrap_or(config.idle_timeout);
+                AnyTransport::Ssh(Ssh::new(config))
+            }
+            (TransportKind::Local, _) if idle.is_some() => {
+                return Err(format!("{where_}: ssh_idle_secs is for an ssh computer"));
+            }
             (TransportKind::Ssh, None) => return Err(format!("{where_}: an ssh computer needs `host`")),
             (TransportKind::Local, None) => AnyTransport::Local(Local::new()),
             (TransportKind::Local, Some(_)) => return Err(format!("{where_}: a local computer has no `host`")),
@@ -379,11 +393,14 @@ mod tests {
             computers(Some(&serde_json::json!({ "c": c })), Path::new("computers.toml")).map(|c| c.len())
         };
         use serde_json::json;
-        assert_eq!(read(json!({"sbatch": "/site/sbatch"}), "ssh", "slurm"), Ok(1));
+        assert_eq!(read(json!({"sbatch": "/site/sbatch", "ssh_idle_secs": 30}), "ssh", "slurm"), Ok(1));
         let err = |r: Result<usize, String>, needle: &str| {
             let e = r.unwrap_err();
             assert!(e.contains(needle), "{e}");
         };
+        err(read(json!({"ssh_idle_secs": 0}), "ssh", "slurm"), "from 1 to 86400");
+        err(read(json!({"ssh_idle_secs": 86_401}), "ssh", "slurm"), "from 1 to 86400");
+        err(read(json!({"ssh_idle_secs": 5}), "local", "slurm"), "for an ssh computer");
         err(read(json!({"sbatch": "x"}), "ssh", "direct"), "for a SLURM computer");
         err(read(json!({"sbatch": " "}), "ssh", "slurm-accounting"), "empty");
     }

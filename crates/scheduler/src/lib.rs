@@ -31,7 +31,10 @@
 //!   found fails with what was printed, keeping its work directory.
 //! - A direct job's id records the process's start time and the host's boot
 //!   id beside its pid: a recycled pid is never followed or killed.
-//! - One SSH master connection per computer, shared by all its processes;
+//! - One SSH master connection per computer and user, shared by all its
+//!   processes and by every engine of the user (at a control path they all
+//!   find again); a master nobody uses ends after its idle time, so a killed
+//!   engine leaves no connection behind;
 //!   at most [`SshConfig::max_channels`] commands at once; a broken connection
 //!   is reopened on next use, no sooner than its backoff allows.
 //! - One status command per polling interval per computer, whatever the number
@@ -51,6 +54,7 @@
 mod computer;
 mod job;
 mod kind;
+mod master;
 mod poller;
 mod process;
 mod quote;
@@ -66,4 +70,6 @@ pub use process::{JobState, SchedulerProcess};
 pub use quote::{quote, quote_all};
 pub use retry::RetryPolicy;
 pub use scheduler::{AnyScheduler, CmdOutput, CommandFailed, Direct, Ended, JobStatus, SUBMIT_FILE, Scheduler, Slurm};
-pub use transport::{AnyTransport, CommandStats, Local, Ssh, SshConfig, Transport, TransportError};
+pub use transport::{
+    AnyTransport, CommandStats, DEFAULT_IDLE_TIMEOUT, Local, Ssh, SshConfig, Transport, TransportError,
+};

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_shell::ShellSpec;
-use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh::Session;
 use openssh_sftp_client::file::TokioCompatFile;
 use openssh_sftp_client::{Sftp, SftpOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::master;
 use crate::quote::quote;
 use crate::scheduler::CmdOutput;
 
@@ -192,6 +193,10 @@ impl Transport for Local {
     }
 }
 
+/// How long a master connection nobody uses stays, unless a computer asks
+/// for another time.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Settings of an SSH connection. Everything else comes from the system's
 /// OpenSSH configuration (`~/.ssh/config`: user, port, keys, `ProxyJump`,
 /// agents), since drover runs the system's `ssh`.
@@ -202,6 +207,14 @@ pub struct SshConfig {
     /// An already-open `ControlMaster` socket to use instead of opening a
     /// connection (for sites with two-factor login).
     pub control_path: Option<PathBuf>,
+    /// Where drover keeps the control socket of the master it shares with
+    /// every engine of this user (`None`: `$XDG_RUNTIME_DIR/drover-ssh`, else
+    /// `$TMPDIR/drover-ssh-UID`). Created 0700; refused if another user owns
+    /// it or others may write to it.
+    pub control_dir: Option<PathBuf>,
+    /// How long a master nobody uses stays (`ControlPersist`), so that the
+    /// master of an engine that died ends by itself.
+    pub idle_timeout: Duration,
     /// Commands at once over the connection; keep it below sshd's `MaxSessions`
     /// (default 10), one channel being taken by SFTP.
     pub max_channels: usize,
@@ -220,6 +233,8 @@ impl SshConfig {
         SshConfig {
             destination: destination.into(),
             control_path: None,
+            control_dir: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_channels: 8,
             connect_timeout: Duration::from_secs(15),
             reconnect_min: Duration::from_secs(2),
@@ -232,6 +247,15 @@ impl SshConfig {
 /// computer, shared by every process on it, commands as channels (at most
 /// [`SshConfig::max_channels`] at once), files over one SFTP channel. A broken
 /// connection is reopened on the next use, no sooner than the backoff allows.
+///
+/// The master is not this transport's own: it lives at a control path named
+/// after the destination in the user's private control directory
+/// ([`SshConfig::control_dir`]), where every engine of the user finds it. A
+/// transport joins the master it finds alive there and starts one only when
+/// none is; nothing closes it on drop: it ends by itself after
+/// [`SshConfig::idle_timeout`] with no command. So an engine that was killed
+/// and restarted, or several engines of one user, make one connection to the
+/// computer.
 #[derive(Clone, Debug)]
 pub struct Ssh {
     inner: Arc<SshInner>,
@@ -245,6 +269,14 @@ struct SshInner {
     reachable: AtomicBool,
     connections: AtomicUsize,
     stats: CommandStats,
+}
+
+/// Why connecting failed.
+enum Connect {
+    /// The master would not answer at the given control path.
+    Ssh(openssh::Error),
+    /// No master could be joined or started.
+    Master(master::MasterError),
 }
 
 #[derive(Debug, Default)]
@@ -272,7 +304,8 @@ impl Ssh {
         }
     }
 
-    /// How many master connections this transport has opened so far.
+    /// How many times this transport connected so far (started a master, or
+    /// joined one that was running).
     pub fn connections_opened(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
     }
@@ -300,15 +333,17 @@ impl Ssh {
         let connected = match &config.control_path {
             Some(path) => {
                 let session = Session::resume_mux(path.clone().into_boxed_path(), None);
-                session.check().await.map(|()| session)
+                session.check().await.map(|()| session).map_err(Connect::Ssh)
             }
             None => {
-                let mut builder = SessionBuilder::default();
-                builder
-                    .known_hosts_check(KnownHosts::Add)
-                    .connect_timeout(config.connect_timeout)
-                    .server_alive_interval(Duration::from_secs(30));
-                builder.connect_mux(&config.destination).await
+                let dir = config.control_dir.clone().unwrap_or_else(master::default_control_dir);
+                let launch = master::Launch {
+                    destination: &config.destination,
+                    dir: &dir,
+                    connect_timeout: config.connect_timeout,
+                    idle: config.idle_timeout,
+                };
+                master::join_or_start(launch).await.map_err(Connect::Master)
             }
         };
         match connected {
@@ -323,7 +358,10 @@ impl Ssh {
                 Ok(session)
             }
             Err(e) => {
-                let message = with_sources(&e);
+                let message = match &e {
+                    Connect::Ssh(e) => with_sources(e),
+                    Connect::Master(e) => with_sources(e),
+                };
                 self.inner.reachable.store(false, Ordering::Relaxed);
                 conn.failed_at = Some(Instant::now());
                 conn.backoff = (conn.backoff * 2).clamp(config.reconnect_min, config.reconnect_max);
@@ -336,7 +374,8 @@ impl Ssh {
                     "Too many authentication failures",
                     "REMOTE HOST IDENTIFICATION HAS CHANGED",
                 ];
-                if permanent.iter().any(|p| message.contains(p)) {
+                if permanent.iter().any(|p| message.contains(p)) || matches!(&e, Connect::Master(m) if m.is_permanent())
+                {
                     return Err(TransportError::Refused { host: config.destination.clone(), message });
                 }
                 Err(self.unreachable(message))

@@ -852,3 +852,96 @@ fn a_direct_job_never_follows_or_kills_a_process_that_took_its_pid() {
         let _ = std::process::Command::new("kill").arg(&pid).status();
     });
 }
+
+/// The ssh processes that use the control directory `dir` (masters, and an
+/// ssh still starting one).
+fn masters(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("pgrep").args(["-f", &format!("^ssh .*-S {}/", dir.display())]).output();
+    String::from_utf8_lossy(&out.unwrap().stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+/// The TCP connections process `pid` holds to the test sshd.
+fn connections_of(pid: &str) -> usize {
+    let out = std::process::Command::new("ss").args(["-Htnp", "state", "established", "dport", "= :2222"]).output();
+    let text = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
+    text.lines().filter(|l| l.contains(&format!("pid={pid},"))).count()
+}
+
+#[test]
+fn engines_killed_during_slurm_jobs_leave_one_ssh_connection_behind() {
+    services_up();
+    let control = tempfile::tempdir().unwrap();
+    let dir = control.path().join("ctl");
+    let tag = unique("killed");
+    let mut slurm_ids = Vec::new();
+    let mut seen = Vec::new();
+    for round in 0..5 {
+        let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_ssh-engine"))
+            .args([SSH_HOST, dir.to_str().unwrap(), "drover-tests", &format!("{tag}-{round}")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Killed while its job runs, between two polls.
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(engine.stdout.take().unwrap()));
+        let line = lines.next().expect("the engine ended before its job ran").unwrap();
+        let id = line.strip_prefix("running ").unwrap_or_else(|| panic!("{line}")).to_owned();
+        slurm_ids.push(id);
+        std::thread::sleep(Duration::from_millis(1200));
+        engine.kill().unwrap();
+        engine.wait().unwrap();
+        let now = masters(&dir);
+        assert_eq!(now.len(), 1, "round {round}: ssh masters {now:?}");
+        seen.extend(now);
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "a restarted engine started a master of its own instead of joining: {seen:?}");
+    assert_eq!(connections_of(&seen[0]), 1, "the master holds one connection to the login node");
+    let cancel = std::process::Command::new("scancel").args(&slurm_ids).status().unwrap();
+    assert!(cancel.success());
+    for pid in seen {
+        let _ = std::process::Command::new("kill").arg(pid).status();
+    }
+}
+
+#[test]
+fn a_master_nobody_uses_ends_by_itself_and_the_control_directory_is_checked() {
+    test(|_| async move {
+        let control = tempfile::tempdir().unwrap();
+        let dir = control.path().join("ctl");
+        let mut config = SshConfig::new(SSH_HOST);
+        config.control_dir = Some(dir.clone());
+        config.idle_timeout = Duration::from_secs(2);
+        let ssh = Ssh::new(config.clone());
+        assert_eq!(ssh.run("echo hi").await.unwrap().stdout, "hi\n");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(masters(&dir).len(), 1);
+        // A second transport (another engine) joins it.
+        let other = Ssh::new(config.clone());
+        other.run("true").await.unwrap();
+        assert_eq!(masters(&dir).len(), 1);
+        drop((ssh, other));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !masters(&dir).is_empty() {
+            assert!(Instant::now() < deadline, "the idle master never ended: {:?}", masters(&dir));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // A control directory another user owns, or others may write to, is refused.
+        let theirs = control.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(1001), None).unwrap();
+        let open = control.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        for (bad, needle) in [(theirs, "is owned by uid 1001"), (open, "writable by others")] {
+            let mut config = config.clone();
+            config.control_dir = Some(bad);
+            let e = Ssh::new(config).run("true").await.unwrap_err();
+            assert!(
+                matches!(&e, drover_scheduler::TransportError::Refused { message, .. } if message.contains(needle)),
+                "{e}"
+            );
+        }
+    });
+}
