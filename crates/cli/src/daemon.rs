@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use drover_daemon::api::{Engines, Info, ProcessList};
-use drover_daemon::{Client, DaemonConfig, Paths, Target};
+use drover_daemon::{
+    Client, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DaemonConfig, MAX_CONNECTIONS_LIMIT, Paths, Target,
+};
 
 use crate::{EXIT_BAD_INPUT, EXIT_NO_DAEMON, config, fmt};
 
@@ -35,6 +37,16 @@ pub(crate) struct DaemonOptions {
     /// one's processes this long after it stopped answering.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_secs: u64,
+    /// At most this many connections at once on each of the daemon's
+    /// listeners (the socket, the --http address), event streams included;
+    /// more wait until one ends.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS_LIMIT as u64))]
+    max_connections: u64,
+    /// A connection that sends no whole request within this many seconds
+    /// (of opening, or of its last answer) is closed (1 to 3600 s).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout_secs: u64,
 }
 
 /// How `daemon start` hands the store's location to the daemon.
@@ -77,6 +89,8 @@ pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> Exi
         lease: std::time::Duration::from_secs(options.lease_secs),
         http: options.http,
         allow_non_loopback: options.allow_non_loopback,
+        max_connections: usize::try_from(options.max_connections).unwrap_or(usize::MAX),
+        idle_timeout: Duration::from_secs(options.idle_timeout_secs),
     };
     tracing::info!(data_dir = %data.display(), pid = std::process::id(), "drover daemon starting");
     match drover_daemon::run(config) {
@@ -145,6 +159,8 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
         args.extend(["--jobs".into(), jobs.to_string()]);
     }
     args.extend(["--lease-secs".into(), options.lease_secs.to_string()]);
+    args.extend(["--max-connections".into(), options.max_connections.to_string()]);
+    args.extend(["--idle-timeout-secs".into(), options.idle_timeout_secs.to_string()]);
     // Not on the command line, where any local user could read a password.
     let store = options.store;
     let spawned = std::env::current_exe().and_then(|exe| {

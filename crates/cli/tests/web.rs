@@ -155,6 +155,16 @@ fn the_web_page_shows_processes_live_and_its_kill_button_ends_one() {
         // The page is open before the jobs exist: what follows comes live.
         browser.goto(&url).await;
         browser.wait_text("#live", |t| t == "live").await;
+        // The page's session is a cookie that is not the token: cookies are
+        // not port-scoped, so every other localhost server would receive it.
+        let token = std::fs::read_to_string(drover_daemon::Paths::new(d).token()).unwrap().trim().to_owned();
+        let cookies = browser.call(Method::GET, "/cookie", None).await;
+        let cookies = cookies["value"].as_array().expect("a list of cookies").clone();
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        assert_eq!(cookies[0]["name"], "drover_session", "{cookies:?}");
+        assert_eq!(cookies[0]["httpOnly"], true, "{cookies:?}");
+        let session = cookies[0]["value"].as_str().expect("a cookie value");
+        assert!(session.len() >= 32 && !session.contains(&token), "the cookie carries the token: {cookies:?}");
         let jobs = d.join("web.toml");
         std::fs::write(
             &jobs,

@@ -21,4 +21,7 @@ mod server;
 pub use client::{Client, ClientError, EventStream, SseEvent, Target};
 pub use hyper::{Method, StatusCode};
 pub use paths::{Paths, PrivateDirError, private_dir};
-pub use server::{DaemonConfig, DaemonError, OPENAPI, openapi_document, run};
+pub use server::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DaemonConfig, DaemonError, MAX_CONNECTIONS_LIMIT, OPENAPI,
+    openapi_document, run,
+};

@@ -66,7 +66,26 @@ pub struct DaemonConfig {
     pub http: Option<SocketAddr>,
     /// Allow `http` on an address that is not loopback.
     pub allow_non_loopback: bool,
+    /// At most this many connections are served at once on each listener
+    /// (the Unix socket and the TCP one each have their own), event streams
+    /// included; more wait to be accepted. From 1 to
+    /// [`MAX_CONNECTIONS_LIMIT`]; [`DEFAULT_MAX_CONNECTIONS`] by default.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request header (or body) this
+    /// long after it opened, or after its last answer, is closed. From
+    /// 100 ms to an hour; [`DEFAULT_IDLE_TIMEOUT`] by default. An answer
+    /// being sent, such as an event stream, is never cut by it.
+    pub idle_timeout: Duration,
 }
+
+/// The default of [`DaemonConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// The most [`DaemonConfig::max_connections`] may be.
+pub const MAX_CONNECTIONS_LIMIT: usize = 16_384;
+/// The default of [`DaemonConfig::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The range of [`DaemonConfig::idle_timeout`].
+const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(3600);
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +114,9 @@ pub enum DaemonError {
         "refusing to serve the control API on {0}: not a loopback address (pass --allow-non-loopback to do it anyway)"
     )]
     NotLoopback(SocketAddr),
+    /// A setting is out of its range.
+    #[error("{0}")]
+    BadConfig(String),
     /// The store could not be opened or read.
     #[error("{0}")]
     Engine(String),
@@ -140,6 +162,21 @@ enum Call {
 ///
 /// [`DaemonError`] when it cannot start.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    if !(1..=MAX_CONNECTIONS_LIMIT).contains(&config.max_connections) {
+        return Err(DaemonError::BadConfig(format!(
+            "at most {} connections at once is not between 1 and {MAX_CONNECTIONS_LIMIT}",
+            config.max_connections
+        )));
+    }
+    if !IDLE_TIMEOUT_RANGE.contains(&config.idle_timeout) {
+        return Err(DaemonError::BadConfig(format!(
+            "an idle timeout of {:?} is not between {:?} and {:?}",
+            config.idle_timeout,
+            IDLE_TIMEOUT_RANGE.start(),
+            IDLE_TIMEOUT_RANGE.end()
+        )));
+    }
+    raise_open_files_limit();
     let paths = Paths::new(&config.data_dir);
     crate::paths::private_dir(&paths.data_dir)?;
     let pid_path = paths.pid();
@@ -222,9 +259,10 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let app = App { calls, info: Arc::new(info), shutdown: shutdown.clone(), ready: ready.clone() };
+    let limits = Limits { max_connections: config.max_connections, idle_timeout: config.idle_timeout };
     let api = std::thread::Builder::new()
         .name("drover-api".into())
-        .spawn(move || serve(app, unix, tcp))
+        .spawn(move || serve(app, unix, tcp, limits))
         .map_err(io_err(&socket))?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -415,36 +453,82 @@ fn internal(e: String) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 
-fn serve(app: App, unix: std::os::unix::net::UnixListener, tcp: Option<(std::net::TcpListener, String)>) {
+/// What bounds the connections of one listener.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    idle_timeout: Duration,
+}
+
+fn serve(
+    app: App,
+    unix: std::os::unix::net::UnixListener,
+    tcp: Option<(std::net::TcpListener, String)>,
+    limits: Limits,
+) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the API's runtime");
     rt.block_on(async move {
-        let routes = router(app);
+        let routes = router(app, limits.idle_timeout);
         let unix = tokio::net::UnixListener::from_std(unix).expect("a Unix listener");
-        let on_unix = axum::serve(unix, routes.clone());
+        let on_unix = serve_on(unix, routes.clone(), limits);
         match tcp {
             Some((tcp, token)) => {
                 let tcp = tokio::net::TcpListener::from_std(tcp).expect("a TCP listener");
-                let token: Arc<str> = token.into();
+                let auth = Arc::new(Auth { token: token.into(), sessions: std::sync::Mutex::default() });
                 let routes = routes
-                    .layer(middleware::from_fn_with_state(token, require_token))
+                    .layer(middleware::from_fn_with_state(auth, require_token))
                     .layer(middleware::from_fn(loopback_host));
-                let on_tcp = axum::serve(tcp, routes);
-                let (a, b) = tokio::join!(on_unix, on_tcp);
-                if let Err(e) = a.and(b) {
-                    tracing::error!(error = %e, "the control API stopped");
-                }
+                tokio::join!(on_unix, serve_on(tcp, routes, limits));
             }
-            None => {
-                if let Err(e) = on_unix.await {
-                    tracing::error!(error = %e, "the control API stopped");
-                }
-            }
+            None => on_unix.await,
         }
     });
 }
 
+/// Serves `routes` on `listener` for good: at most `limits.max_connections`
+/// connections at once (the next waits in the listen queue until one ends),
+/// each closed when it sends no whole request header within
+/// `limits.idle_timeout` of opening or of its last answer. So connections
+/// that send nothing cost the daemon a bounded number of file descriptors,
+/// for a bounded time.
+async fn serve_on<L>(mut listener: L, routes: Router, limits: Limits)
+where
+    L: axum::serve::Listener,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.idle_timeout);
+    loop {
+        let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        // (`accept` waits out errors such as running out of descriptors.)
+        let (io, _) = listener.accept().await;
+        let service = hyper_util::service::TowerToHyperService::new(routes.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a connection to the control API ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, so that the
+/// connection cap, not the descriptors, bounds what clients can hold.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the limit of open files"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "could not raise the limit of open files"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the limit of open files"),
+    }
+}
+
 /// The routes. Keep them and `openapi.json` in step (a test checks).
-fn router(app: App) -> Router {
+fn router(app: App, idle_timeout: Duration) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/v1/info", get(info))
@@ -458,7 +542,32 @@ fn router(app: App) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/shutdown", post(shutdown))
         .with_state(app)
+        .layer(middleware::from_fn_with_state(idle_timeout, read_body_in_time))
         .layer(middleware::from_fn(no_framing))
+}
+
+/// The most a request's body may hold (axum's own limit for JSON bodies).
+const MAX_BODY: usize = 2 << 20;
+
+/// A request's body is read whole within the idle timeout (a client that
+/// sends a header and then a trickle, or nothing, is answered 408), and at
+/// most [`MAX_BODY`] of it (413).
+async fn read_body_in_time(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(e)) => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("a request body of at most {MAX_BODY} bytes: {e}"))
+                .into_response()
+        }
+        Err(_) => {
+            let mut answer =
+                ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request's body did not come within {timeout:?}"))
+                    .into_response();
+            answer.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            answer
+        }
+    }
 }
 
 /// Every answer says it must not be framed (no clickjacking of the page).
@@ -493,33 +602,64 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-const COOKIE: &str = "drover_token";
+/// The web page's session cookie: a random id the daemon keeps in memory,
+/// never the token (cookies are not port-scoped: every other `localhost`
+/// port's server receives them).
+const COOKIE: &str = "drover_session";
 /// The header the web page sends with every change.
 const CSRF_HEADER: &str = "x-drover-page";
+/// The most web page sessions kept at once; opening one more forgets the oldest.
+const MAX_SESSIONS: usize = 64;
 
-/// On the TCP listener: the token, as `Authorization: Bearer`, a cookie, or
-/// once as `?token=` on the page (which sets the cookie and drops it from
-/// the address).
-async fn require_token(State(token): State<Arc<str>>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    let same = |given: &str| {
-        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    };
+/// What the TCP listener asks for: the token, or a session the token opened.
+struct Auth {
+    token: Arc<str>,
+    /// Session ids, oldest first.
+    sessions: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Auth {
+    fn is_session(&self, given: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sessions.iter().fold(false, |found, id| found | same_secret(id, given))
+    }
+
+    fn open_session(&self) -> std::io::Result<String> {
+        let id = new_token()?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.pop_front();
+        }
+        sessions.push_back(id.clone());
+        Ok(id)
+    }
+}
+
+/// `secret == given`, in a time that does not depend on where they differ.
+fn same_secret(secret: &str, given: &str) -> bool {
+    secret.len() == given.len() && secret.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// On the TCP listener: the token, as `Authorization: Bearer`, or a session
+/// cookie, which `/?token=` on the page opens (and drops the token from the
+/// address).
+async fn require_token(State(auth): State<Arc<Auth>>, headers: HeaderMap, request: Request, next: Next) -> Response {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(same);
-    let cookie = headers
+        .is_some_and(|given| same_secret(&auth.token, given));
+    if bearer {
+        return next.run(request).await;
+    }
+    let session = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix(COOKIE).and_then(|c| c.strip_prefix('=')))
-        .any(same);
-    if bearer {
-        return next.run(request).await;
-    }
-    if cookie {
+        .any(|given| auth.is_session(given));
+    if session {
         // A cookie comes with any request the browser makes, also one a page
         // of another local port sends: changes need a header no form can set
         // (and that another origin cannot send without a CORS preflight).
@@ -533,11 +673,19 @@ async fn require_token(State(token): State<Arc<str>>, headers: HeaderMap, reques
         )
         .into_response();
     }
-    let query_token =
-        request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).is_some_and(same);
+    let query_token = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .is_some_and(|given| same_secret(&auth.token, given));
     if query_token && request.uri().path() == "/" {
-        let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-        return ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response();
+        return match auth.open_session() {
+            Ok(id) => {
+                let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
+                ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+            }
+            Err(e) => internal(format!("cannot make a session id: {e}")).into_response(),
+        };
     }
     ApiError(
         StatusCode::UNAUTHORIZED,

@@ -50,11 +50,18 @@ fn config(dir: &Path) -> DaemonConfig {
         lease: Duration::from_secs(10),
         http: Some("127.0.0.1:0".parse().unwrap()),
         allow_non_loopback: false,
+        max_connections: drover_daemon::DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: drover_daemon::DEFAULT_IDLE_TIMEOUT,
     }
 }
 
 fn start(dir: &Path) -> Daemon {
-    let config = config(dir);
+    start_with(config(dir))
+}
+
+fn start_with(config: DaemonConfig) -> Daemon {
+    let dir = config.data_dir.clone();
+    let dir = dir.as_path();
     let thread = std::thread::spawn(move || drover_daemon::run(config));
     let unix = Client::new(Target::Unix(Paths::new(dir).socket()));
     let rt = rt();
@@ -372,11 +379,6 @@ fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
         let (status, page) = d.tcp.raw(Method::GET, "/", None).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert!(String::from_utf8_lossy(&page).contains("<title>drover</title>"));
-        // The token once in the page's address: a cookie, and the address without it.
-        let (status, _) = bare.raw(Method::GET, &format!("/?token={}", d.token), None).await.unwrap();
-        assert_eq!(status, StatusCode::SEE_OTHER);
-        // With the cookie, a change also needs the page's header (no form
-        // of another local site can send it).
         let raw = |request: String| {
             use std::io::{Read, Write};
             let mut stream = std::net::TcpStream::connect(&d.addr).unwrap();
@@ -385,10 +387,37 @@ fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
             let _ = stream.read_to_string(&mut answer);
             answer
         };
+        // The token once in the page's address: a session cookie that is not
+        // the token (every other localhost port would receive it), and the
+        // address without it.
+        let answer = raw(format!("GET /?token={} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", d.token, d.addr));
+        assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+        let set_cookie = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+            .unwrap_or_else(|| panic!("no cookie: {answer}"));
+        assert!(!set_cookie.contains(&d.token), "the cookie carries the token: {set_cookie}");
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie}");
+        }
+        let session = set_cookie.split(';').next().unwrap().to_owned();
+        let (name, id) = session.split_once('=').unwrap();
+        assert!(id.len() >= 32, "{session}");
+        // The session reads; the token itself as a cookie does not.
+        let cookie_get = |cookie: &str| {
+            format!("GET /v1/info HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n", d.addr)
+        };
+        assert!(raw(cookie_get(&session)).starts_with("HTTP/1.1 200"));
+        let answer = raw(cookie_get(&format!("{name}={}", d.token)));
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        let answer = raw(cookie_get(&format!("drover_token={}", d.token)));
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        // With the cookie, a change also needs the page's header (no form
+        // of another local site can send it).
         let cookie_post = |extra: &str| {
             format!(
-                "POST /v1/processes/nope/kill HTTP/1.1\r\nHost: {}\r\nCookie: drover_token={}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n",
-                d.addr, d.token
+                "POST /v1/processes/nope/kill HTTP/1.1\r\nHost: {}\r\nCookie: {session}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n",
+                d.addr
             )
         };
         // (Blocking calls are fine here: the daemon runs on threads of its own.)
@@ -428,4 +457,99 @@ fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
     let mut open = config(other.path());
     open.http = Some("0.0.0.0:0".parse().unwrap());
     assert!(matches!(drover_daemon::run(open), Err(DaemonError::NotLoopback(_))));
+}
+
+/// The connections to `port` this process has accepted (queued ones have no
+/// socket yet: inode 0 in `/proc/net/tcp`).
+fn accepted_connections(port: u16) -> usize {
+    let local = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/self/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[1].ends_with(&local) && fields[3] == "01" && fields[9] != "0"
+        })
+        .count()
+}
+
+/// Reads until the peer closes; how long that took, or `None` if it did not
+/// within `limit`.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> Option<(Duration, String)> {
+    use std::io::Read;
+    let began = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        stream.set_read_timeout(Some(limit.saturating_sub(began.elapsed()).max(Duration::from_millis(1)))).unwrap();
+        let read = stream.read(&mut buf);
+        if began.elapsed() >= limit {
+            return None;
+        }
+        match read {
+            Ok(0) | Err(_) => return Some((began.elapsed(), String::from_utf8_lossy(&answer).into_owned())),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_are_capped_and_closed_while_the_daemon_answers() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use std::io::Write;
+    // A soft limit of open files below the hard one is raised at start.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard > 512, "a hard limit of {hard} open files leaves nothing to test");
+    setrlimit(Resource::RLIMIT_NOFILE, 512, hard).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_connections = 16;
+    config.idle_timeout = Duration::from_secs(1);
+    let d = start_with(config);
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, hard);
+    let port: u16 = d.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let rt = rt();
+
+    // An event stream lives on past the idle timeout.
+    let mut events = rt.block_on(d.tcp.events("/v1/events")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Another local user opens 64 connections and sends nothing.
+    let mut idle: Vec<std::net::TcpStream> = (0..64).map(|_| std::net::TcpStream::connect(&d.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let accepted = accepted_connections(port);
+    assert!(accepted <= 16, "{accepted} connections accepted past the cap of 16");
+    rt.block_on(async {
+        // The owner's socket has slots of its own, and answers at once.
+        let began = Instant::now();
+        d.unix.get::<Info>("/v1/info").await.unwrap();
+        assert!(began.elapsed() < Duration::from_secs(1), "{:?}", began.elapsed());
+        let job = shell(dir.path(), "ping", "true");
+        d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![job] }).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(event.event, "process");
+        assert!(event.data.contains("\"ping\""), "{}", event.data);
+    });
+    // Each idle connection is closed once its turn's timeout ran out (four
+    // rounds of 16), and then the port answers again.
+    for stream in &mut idle {
+        let closed = closed_within(stream, Duration::from_secs(15));
+        assert!(closed.is_some(), "an idle connection is still open after 15 s");
+    }
+    let began = Instant::now();
+    rt.block_on(d.tcp.get::<Info>("/v1/info")).unwrap();
+    assert!(began.elapsed() < Duration::from_secs(1), "{:?}", began.elapsed());
+    // Half a request header, or a header whose body never comes: closed too.
+    let mut partial = std::net::TcpStream::connect(&d.addr).unwrap();
+    partial.write_all(format!("GET /v1/info HTTP/1.1\r\nHost: {}\r\n", d.addr).as_bytes()).unwrap();
+    let (took, _) = closed_within(&mut partial, Duration::from_secs(5)).expect("a half header is closed");
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
+    let mut no_body = std::net::TcpStream::connect(&d.addr).unwrap();
+    let header = format!(
+        "POST /v1/processes HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 10\r\n\r\n{{",
+        d.addr, d.token
+    );
+    no_body.write_all(header.as_bytes()).unwrap();
+    let (_, answer) = closed_within(&mut no_body, Duration::from_secs(5)).expect("a missing body is closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
