@@ -1,10 +1,6 @@
 //! Formatting for people: times, ages, tables.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use drover_kind::now_ms;
 
 /// `42 s`, `3 min`, `5 h`, `2 d`.
 pub(crate) fn duration_ms(ms: i64) -> String {

@@ -13,7 +13,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use drover_engine::{
     Action, ControlError, Engine, EngineError, Identity, Job, Kinds, LogError, ProcessDetail, ProcessInfo, hostname,
 };
+use drover_kind::now_ms;
 use drover_store::Store;
 use serde::Deserialize;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -124,10 +125,6 @@ pub enum DaemonError {
 
 fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
     move |source| DaemonError::Io { path: path.display().to_string(), source }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 type Reply<T> = oneshot::Sender<T>;

@@ -174,11 +174,7 @@ pub(crate) fn state_name(state: &Value) -> String {
     }
 }
 
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use drover_kind::now_ms;
 
 fn snake_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);

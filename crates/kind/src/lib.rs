@@ -31,6 +31,14 @@ pub use checkpoint::{Checkpoint, CheckpointError, decode, encode};
 pub use children::{ChildEnd, ChildHost, Children, NewChild, SpawnError};
 pub use job::Job;
 
+/// Now by the system clock, in milliseconds since the Unix epoch (0 for a
+/// clock set before 1970): the one clock of every timestamp drover records
+/// or shows.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The job-file keys every kind shares: a job's id, and what it runs.
 pub const COMMON_KEYS: &[&str] = &["id", "command", "args", "script", "env"];
 

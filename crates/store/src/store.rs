@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use drover_kind::now_ms;
 
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -278,9 +280,6 @@ fn private_files(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// The schema, the same for both backends but for the type of the event
 /// log's sequence column.
