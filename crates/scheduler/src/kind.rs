@@ -337,35 +337,12 @@ pub fn computers(section: Option<&Value>, path: &Path) -> Result<Computers, Stri
     Ok(computers)
 }
 
-/// Decodes standard base64 (whitespace ignored); `None` if it is not.
+/// Decodes standard base64 as coreutils prints it (lines wrapped: white
+/// space ignored); `None` if it is not.
 pub(crate) fn from_base64(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
+    use base64::Engine as _;
     let symbols: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !symbols.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(symbols.len() / 4 * 3);
-    for quad in symbols.chunks(4) {
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 {
-            return None;
-        }
-        let mut n: u32 = 0;
-        for &c in &quad[..4 - pad] {
-            n = (n << 6) | u32::from(value(c)?);
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
+    base64::engine::general_purpose::STANDARD.decode(symbols).ok()
 }
 
 #[cfg(test)]
