@@ -71,47 +71,42 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// An open stream of server-sent events.
-#[derive(Debug)]
+/// An open stream of server-sent events, decoded by `sse-stream`.
 pub struct EventStream {
-    body: hyper::body::Incoming,
-    buffer: Vec<u8>,
+    events: sse_stream::SseStream<hyper::body::Incoming>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
 }
 
 impl EventStream {
     /// The next event; `None` when the server closed the stream. Comments
-    /// (keep-alives) are skipped.
+    /// (keep-alives) and blocks without data are skipped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is taken from the stream only when this returns
+    /// it; a dropped call loses nothing.
     ///
     /// # Errors
     ///
-    /// When the connection breaks.
+    /// When the connection breaks or the stream is not valid UTF-8; the
+    /// stream ends after it.
     pub async fn next(&mut self) -> Result<Option<SseEvent>, ClientError> {
+        use futures_util::StreamExt as _;
         loop {
-            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                let (mut event, mut data) = (String::from("message"), Vec::new());
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-                    }
-                }
-                if data.is_empty() {
-                    continue; // a comment
-                }
-                return Ok(Some(SseEvent { event, data: data.join("\n") }));
-            }
-            match self.body.frame().await {
+            match self.events.next().await {
                 None => return Ok(None),
                 Some(Err(e)) => {
                     return Err(ClientError::Protocol { where_: "the event stream".into(), message: e.to_string() });
                 }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buffer.extend_from_slice(&data);
-                    }
+                Some(Ok(sse)) => {
+                    let Some(data) = sse.data else { continue };
+                    let event = sse.event.unwrap_or_else(|| "message".to_owned());
+                    return Ok(Some(SseEvent { event, data }));
                 }
             }
         }
@@ -140,6 +135,11 @@ impl Client {
     }
 
     /// Sends a request and returns the status and the body as it came.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes its connection; a request already sent
+    /// may still have been carried out by the daemon.
     ///
     /// # Errors
     ///
@@ -225,6 +225,11 @@ impl Client {
 
     /// `GET path`, decoded from JSON.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes its connection; a request already sent
+    /// may still have been carried out by the daemon.
+    ///
     /// # Errors
     ///
     /// [`ClientError`]; an error answer is [`ClientError::Api`] with its message.
@@ -233,6 +238,11 @@ impl Client {
     }
 
     /// `POST path` with `body` as JSON, decoded from JSON.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes its connection; a request already sent
+    /// may still have been carried out by the daemon.
     ///
     /// # Errors
     ///
@@ -243,6 +253,11 @@ impl Client {
     }
 
     /// Opens a stream of server-sent events (`GET path`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes its connection; a request already sent
+    /// may still have been carried out by the daemon.
     ///
     /// # Errors
     ///
@@ -256,7 +271,7 @@ impl Client {
             let status = response.status();
             return Err(ClientError::Api { status, message: format!("{status} for {path}") });
         }
-        Ok(EventStream { body: response.into_body(), buffer: Vec::new() })
+        Ok(EventStream { events: sse_stream::SseStream::new(response.into_body()) })
     }
 }
 
