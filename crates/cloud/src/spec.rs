@@ -179,67 +179,54 @@ fn is_quantity(s: &str) -> bool {
         && (!whole.is_empty() || frac.is_some())
 }
 
-/// An image reference: `[registry[:port]/]path[:tag][@digest]`, as the
-/// container runtimes parse it (lower-case path components separated by `.`,
-/// `_`, `__` or dashes; a tag of word characters, dots and dashes, at most 128;
-/// a digest `algorithm:hex`).
-fn check_image(image: &str) -> Result<(), &'static str> {
-    if image.is_empty() {
-        return Err("it is empty");
-    }
-    if image.chars().any(char::is_whitespace) {
-        return Err("it contains white space");
-    }
-    let (rest, digest) = match image.split_once('@') {
-        Some((rest, digest)) => (rest, Some(digest)),
-        None => (image, None),
+/// An image reference: `[registry[:port]/]path[:tag][@digest]`, by the
+/// grammar of the container runtimes (distribution/reference), as
+/// `container_image_dist_ref` parses it: lower-case path components separated
+/// by `.`, `_`, `__` or dashes; a tag of word characters, dots and dashes, at
+/// most 128; a digest `algorithm:hex`.
+fn check_image(image: &str) -> Result<(), String> {
+    use container_image_dist_ref::err::Kind;
+    let Err(e) = container_image_dist_ref::ImgRef::new(image) else { return Ok(()) };
+    // (The error's index is relative to the part that failed, so not shown.)
+    let problem = match e.kind() {
+        Kind::RefMissing | Kind::HostOrPathMissing if image.is_empty() => return Err("it is empty".into()),
+        _ if image.chars().any(char::is_whitespace) => return Err("it contains white space".into()),
+        Kind::TagTooLong
+        | Kind::TagInvalidChar
+        | Kind::TagMissing
+        | Kind::PortOrTagMissing
+        | Kind::PortOrTagInvalidChar => "a tag is letters, digits, `_`, `.` and `-` (at most 128)",
+        Kind::AlgorithmMissing
+        | Kind::InvalidOciAlgorithm
+        | Kind::AlgorithmInvalidNumericPrefix
+        | Kind::OciRegisteredAlgorithmWrongDigestLength
+        | Kind::AlgorithmInvalidChar
+        | Kind::AlgorithmTooLong
+        | Kind::EncodedMissing
+        | Kind::EncodedInvalidChar
+        | Kind::EncodedNonLowerHex
+        | Kind::OciRegisteredDigestInvalidChar
+        | Kind::EncodingTooShort
+        | Kind::EncodingTooLong => "a digest is `algorithm:hex`, at least 32 hex digits",
+        Kind::HostMissing
+        | Kind::HostComponentInvalidEnd
+        | Kind::HostInvalidChar
+        | Kind::HostTooLong
+        | Kind::Ipv6InvalidChar
+        | Kind::Ipv6TooLong
+        | Kind::Ipv6BadColon
+        | Kind::Ipv6TooManyHexDigits
+        | Kind::Ipv6TooManyGroups
+        | Kind::Ipv6TooFewGroups
+        | Kind::Ipv6MissingClosingBracket
+        | Kind::Port
+        | Kind::PortInvalidChar
+        | Kind::PortTooLong
+        | Kind::PortMissing => "the registry is not a host name with an optional port",
+        Kind::NameTooLong | Kind::HostOrPathTooLong | Kind::PathTooLong => "the name is longer than 255 characters",
+        _ => "a path component is lower-case letters and digits, separated by `.`, `_` or `-`",
     };
-    if let Some(digest) = digest {
-        let (algorithm, hex) = digest.split_once(':').ok_or("a digest is `algorithm:hex`")?;
-        if algorithm.is_empty() || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("a digest is `algorithm:hex`");
-        }
-    }
-    // A tag follows the last `:` that comes after the last `/`.
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
-    if let Some(tag) = tag {
-        let ok = !tag.is_empty()
-            && tag.len() <= 128
-            && tag.as_bytes()[0] != b'.'
-            && tag.as_bytes()[0] != b'-'
-            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !ok {
-            return Err("a tag is letters, digits, `_`, `.` and `-` (at most 128)");
-        }
-    }
-    let mut components: Vec<&str> = name.split('/').collect();
-    if components.len() > 1 {
-        let first = components[0];
-        // A registry has a dot or a port, or is `localhost`.
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            let (host, port) = first.split_once(':').unwrap_or((first, ""));
-            let host_ok = !host.is_empty()
-                && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-            if !host_ok || !port.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("the registry is not a host name with an optional port");
-            }
-            components.remove(0);
-        }
-    }
-    for component in components {
-        let ok = !component.is_empty()
-            && component.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-            && component.as_bytes()[0].is_ascii_alphanumeric()
-            && component.as_bytes()[component.len() - 1].is_ascii_alphanumeric();
-        if !ok {
-            return Err("a path component is lower-case letters and digits, separated by `.`, `_` or `-`");
-        }
-    }
-    Ok(())
+    Err(problem.to_owned())
 }
 
 #[cfg(test)]
@@ -256,6 +243,9 @@ mod tests {
             "localhost:5000/team/app_v2.1:rc-1",
             "ghcr.io/org/img@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "registry.example.org/a/b/c:tag",
+            "Registry.Example.org/a__b/c---d",
+            "[::1]:5000/img",
+            &format!("img:{}", "t".repeat(128)),
         ] {
             assert_eq!(check_image(good), Ok(()), "{good}");
         }
@@ -264,6 +254,14 @@ mod tests {
         {
             assert!(check_image(bad).is_err(), "{bad}");
         }
+        for bad in ["a_.b", "a/-b", &format!("img:{}", "t".repeat(129)), "localhost:x/img"] {
+            assert!(check_image(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_image(""), Err("it is empty".to_owned()));
+        let e = check_image("ok/Bad").unwrap_err();
+        assert!(e.starts_with("a path component is lower-case"), "{e}");
+        let e = check_image("x@sha256:zz").unwrap_err();
+        assert!(e.starts_with("a digest is"), "{e}");
     }
 
     #[test]
