@@ -4,9 +4,10 @@ mod config;
 mod daemon;
 mod fmt;
 mod jobfile;
+mod progress;
 mod remote;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use drover_daemon::api::Stream;
 use drover_engine::{Action, Engine, Identity, Kinds, Outcome};
 use drover_store::Store;
+use progress::Progress;
 use tokio::task::LocalSet;
 
 /// Bad input: a job file, a configuration, an id, a usage error.
@@ -504,51 +506,4 @@ fn short<'a>(id: &'a str, run_id: &str) -> &'a str {
 
 fn describe(outcome: &Outcome) -> String {
     outcome.summary()
-}
-
-/// Live progress: one line redrawn in place on a terminal, plain lines otherwise.
-struct Progress<'a> {
-    total: usize,
-    done: usize,
-    failed: usize,
-    terminal: bool,
-    run_id: &'a str,
-}
-
-impl<'a> Progress<'a> {
-    fn new(total: usize, terminal: bool, run_id: &'a str) -> Self {
-        let p = Progress { total, done: 0, failed: 0, terminal, run_id };
-        p.draw();
-        p
-    }
-
-    fn ended(&mut self, id: &str, outcome: &Outcome) {
-        self.done += 1;
-        let ok = outcome.succeeded();
-        if !ok {
-            self.failed += 1;
-        }
-        let mut err = std::io::stderr().lock();
-        if self.terminal {
-            if !ok {
-                let _ = writeln!(err, "\r\x1b[2Kfailed  {} ({})", short(id, self.run_id), describe(outcome));
-            }
-        } else {
-            let word = if ok { "ok     " } else { "failed " };
-            let _ = writeln!(err, "{word} {} ({})", short(id, self.run_id), describe(outcome));
-        }
-        drop(err);
-        self.draw();
-    }
-
-    fn draw(&self) {
-        if self.terminal {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K[{}/{}] done, {} failed", self.done, self.total, self.failed);
-            if self.done == self.total {
-                let _ = writeln!(err);
-            }
-            let _ = err.flush();
-        }
-    }
 }
