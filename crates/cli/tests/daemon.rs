@@ -104,6 +104,11 @@ fn a_daemon_runs_submitted_jobs_and_is_controlled_from_the_command_line() {
     let status = json(d, &["daemon", "status", "--json"]);
     assert_eq!(status["running"], true);
     assert!(d.join("daemon.pid").exists() && d.join("daemon.log").exists());
+    // Connection settings out of their ranges are bad input.
+    for bad in [["--max-connections", "0"], ["--max-connections", "16385"], ["--idle-timeout-secs", "0"]] {
+        let out = drover(d, &["daemon", "start", bad[0], bad[1]]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+    }
 
     // A file with an error submits nothing at all, and says where.
     let good = write(d, "good.toml", "[[job]]\nid = \"ok\"\ncommand = \"true\"\n");

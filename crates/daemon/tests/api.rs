@@ -457,6 +457,17 @@ fn the_tcp_listener_asks_for_the_token_and_one_daemon_serves_a_data_dir() {
     let mut open = config(other.path());
     open.http = Some("0.0.0.0:0".parse().unwrap());
     assert!(matches!(drover_daemon::run(open), Err(DaemonError::NotLoopback(_))));
+    // Connection settings out of their ranges.
+    let mut none = config(other.path());
+    none.max_connections = 0;
+    let mut too_many = config(other.path());
+    too_many.max_connections = drover_daemon::MAX_CONNECTIONS_LIMIT + 1;
+    let mut too_long = config(other.path());
+    too_long.idle_timeout = Duration::from_secs(3601);
+    for bad in [none, too_many, too_long] {
+        let err = drover_daemon::run(bad).unwrap_err();
+        assert!(matches!(err, DaemonError::BadConfig(_)), "{err:?}");
+    }
 }
 
 /// The connections to `port` this process has accepted (queued ones have no
