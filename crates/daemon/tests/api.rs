@@ -563,4 +563,11 @@ fn idle_connections_are_capped_and_closed_while_the_daemon_answers() {
     no_body.write_all(header.as_bytes()).unwrap();
     let (_, answer) = closed_within(&mut no_body, Duration::from_secs(5)).expect("a missing body is closed");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The Unix socket closes idle connections too.
+    use std::io::Read;
+    let mut on_unix = std::os::unix::net::UnixStream::connect(Paths::new(dir.path()).socket()).unwrap();
+    on_unix.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let began = Instant::now();
+    assert_eq!(on_unix.read(&mut [0u8; 16]).unwrap(), 0, "an idle connection to the socket is closed");
+    assert!(began.elapsed() < Duration::from_secs(4), "{:?}", began.elapsed());
 }
