@@ -513,14 +513,10 @@ where
 /// Raises the soft limit of open files to the hard one, so that the
 /// connection cap, not the descriptors, bounds what clients can hold.
 fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the limit of open files"),
-            Err(e) => tracing::warn!(soft, hard, error = %e, "could not raise the limit of open files"),
-        },
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not read the limit of open files"),
+    match drover_engine::raise_open_files_limit() {
+        Ok(Some((from, to))) => tracing::debug!(from, to, "raised the limit of open files (its jobs keep the old one)"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the limit of open files"),
     }
 }
 

@@ -49,6 +49,8 @@ use tokio::sync::broadcast;
 use tokio::task::LocalSet;
 
 pub use drover_kind::{Job, Stream};
+/// Raises the engine's limit of open files; the jobs it starts keep the old one.
+pub use drover_shell::raise_open_files_limit;
 pub use info::{ProcessDetail, ProcessInfo, Transition};
 pub use inner::{DEFAULT_LEASE, Identity, hostname};
 pub use kinds::{KindInfo, Kinds, all as kinds, plan, sections};

@@ -167,11 +167,12 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    if spec.limits.any() {
-        let limits = spec.limits;
+    let limits = spec.limits;
+    let open_files = crate::limits::children_open_files();
+    if limits.any() || open_files.is_some() {
         #[allow(unsafe_code)]
         // SAFETY: the closure runs in the forked child before exec and only calls
-        // `setrlimit`, which is async-signal-safe; it allocates nothing.
+        // `getrlimit` and `setrlimit`, which are async-signal-safe; it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 use nix::sys::resource::{Resource, setrlimit};
@@ -180,6 +181,11 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
                 }
                 if let Some(bytes) = limits.address_space {
                     setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(io::Error::from)?;
+                }
+                // The engine's raised limit of open files is not the child's.
+                if let Some(soft) = open_files {
+                    let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+                    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard).map_err(io::Error::from)?;
                 }
                 Ok(())
             });

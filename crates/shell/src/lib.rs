@@ -87,6 +87,7 @@ mod command;
 mod governor;
 mod ident;
 mod kind;
+mod limits;
 mod process;
 mod spec;
 
@@ -94,5 +95,6 @@ pub use command::{StartError, output};
 pub use governor::Governor;
 pub use ident::ProcessIdentity;
 pub use kind::{ShellEnv, ShellJob, ShellKind};
+pub use limits::raise_open_files_limit;
 pub use process::{ShellProcess, ShellState};
 pub use spec::{Env, Input, Limits, Output, ShellSpec};

@@ -621,3 +621,21 @@ impl TapNudge for Handler {
         self
     }
 }
+
+#[test]
+fn children_keep_the_open_files_limit_the_engine_raised_its_own_from() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(hard > 256, "a hard limit of {hard} leaves nothing to raise");
+    setrlimit(Resource::RLIMIT_NOFILE, 256, hard).unwrap();
+    assert_eq!(drover_shell::raise_open_files_limit().unwrap(), Some((256, hard)));
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, hard, "the engine's own limit is raised");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("limit");
+    test(|local| async move {
+        let g = Governor::new(1);
+        let spec = ShellSpec::script("ulimit -n").with_stdout(Output::File(out.clone()));
+        assert!(finish(launch(&local, spec, &g)).await.succeeded());
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "256", "a child inherited the raised limit");
+    });
+}

@@ -280,7 +280,6 @@ fn private_files(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-
 /// The schema, the same for both backends but for the type of the event
 /// log's sequence column.
 fn schema(serial_key: &str) -> Vec<String> {
