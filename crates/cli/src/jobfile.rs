@@ -78,6 +78,14 @@ pub(crate) fn load(paths: &[PathBuf], out_dir: &Path, run_id: &str) -> Result<Ve
             return Err(format!("{}: no [[job]] in the file", path.display()));
         }
         let stem = path.file_stem().map_or_else(|| "jobs".into(), |s| s.to_string_lossy().into_owned());
+        // The stem names every job of the file: checked before any job is.
+        if stem.is_empty() || !stem.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!(
+                "{}: the file's name `{stem}` names its jobs, so it may hold only letters, digits, `-`, `_` and `.` \
+                 (rename the file)",
+                path.display()
+            ));
+        }
         for (n, entry) in file.job.into_iter().enumerate() {
             let local = match entry.get("id") {
                 None => format!("job-{}", n + 1),

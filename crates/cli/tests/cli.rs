@@ -90,6 +90,16 @@ fn a_syntax_error_names_file_line_and_column_and_nothing_runs() {
     assert!(stderr.contains("nothing was run"), "{stderr}");
     assert!(!marker.exists(), "a job ran although another file had an error");
     assert!(!data.path().join("runs").exists());
+
+    // A file whose name cannot name jobs: refused before anything is recorded.
+    let spaced = dir.path().join("my jobs.toml");
+    std::fs::write(&spaced, "[[job]]\ncommand = \"true\"\n").unwrap();
+    let out = drover(data.path(), &["run", good.to_str().unwrap(), spaced.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the file's name `my jobs` names its jobs"), "{stderr}");
+    assert!(!marker.exists(), "a job ran although another file's name was refused");
+    assert!(!data.path().join("drover.db").exists(), "something was recorded");
 }
 
 #[test]
