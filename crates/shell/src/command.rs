@@ -95,29 +95,29 @@ pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
 }
 
 /// The supervisor of a durable child: a `/bin/sh` that leads the process
-/// group, runs the command, and writes its exit code where a later engine
-/// finds it. Creating `started` exclusively (`set -C`: `O_EXCL`) makes sure
-/// only one supervisor ever runs the command of a run directory, whatever
-/// crashed in between (an older drover's supervisor made it a directory,
-/// which fails the same way). Only shell builtins: the command is the one
-/// other program it runs. `pid` and `exit` are each written by one `echo`,
-/// one `write` of a line; a reader takes only a whole line.
-const SUPERVISOR: &str = r#"d=$0
+/// group, runs the command, and records it in one file, its record: the
+/// supervisor's pid on the first line, the command's exit code on the
+/// second. Creating the record exclusively (`set -C`: `O_EXCL`) makes sure
+/// only one supervisor ever runs the command of a record, whatever crashed in
+/// between (an older drover's supervisor made a directory of that name, which
+/// fails the same way). Only shell builtins: the command is the one other
+/// program it runs, and the record the one file it makes. Each line is one
+/// `echo`, one `write`; a reader takes only whole lines.
+const SUPERVISOR: &str = r#"r=$0
 set -C
-true 2>/dev/null >"$d/started" || exit 97
+echo $$ 2>/dev/null >"$r" || exit 97
 set +C
-echo $$ >"$d/pid"
 "$@"
 code=$?
-echo $code >"$d/exit"
+echo $code >>"$r"
 exit $code"#;
 
 /// The exit status of a supervisor that found its command already started.
 pub(crate) const ALREADY_STARTED: i32 = 97;
 
 /// Starts the child described by `spec` under a supervisor that records its
-/// pid and exit code in `run_dir`, so that it can be re-attached after the
-/// engine restarts. The checks and messages are those of [`start`].
+/// pid and exit code in the file `run_dir`, so that it can be re-attached
+/// after the engine restarts. The checks and messages are those of [`start`].
 pub(crate) fn start_supervised(spec: &ShellSpec, run_dir: &Path) -> Result<Started, StartError> {
     start_with(spec, false, Some(run_dir))
 }

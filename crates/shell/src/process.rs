@@ -111,14 +111,14 @@ enum Leader {
 /// How a leader ended.
 enum Exit {
     Status(ExitStatus),
-    /// An adopted leader's exit code, from its run directory; `None` if it
+    /// An adopted leader's exit code, from its record; `None` if it
     /// wrote none.
     Recorded(Option<i32>),
 }
 
 impl Leader {
     /// Waits for the leader to exit. An adopted one is not our child: its end
-    /// is seen by polling `/proc`, its exit code read from the run directory.
+    /// is seen by polling `/proc`, its exit code read from its record.
     ///
     /// # Cancel safety
     ///
@@ -148,22 +148,33 @@ impl Leader {
 fn adoptable(pid: u32, identity: Option<&ProcessIdentity>, run_dir: &Path) -> Option<ProcessIdentity> {
     match identity {
         Some(identity) => ident::is(pid, identity).then(|| identity.clone()),
-        None => ident::identify_writer(pid, &run_dir.join("pid")),
+        None => ident::identify_writer(pid, &pid_record(run_dir)),
     }
 }
 
+// A supervisor's record is the file `run_dir`: its pid on the first line,
+// the command's exit code on the second. Older drovers made `run_dir` a
+// directory holding `started`, `pid` and `exit`: such records still read.
+
+/// Where the supervisor's pid is written.
+fn pid_record(run_dir: &Path) -> PathBuf {
+    if run_dir.is_dir() { run_dir.join("pid") } else { run_dir.to_owned() }
+}
+
 fn recorded_exit(run_dir: &Path) -> Option<i32> {
-    whole_line(&run_dir.join("exit"))
+    if run_dir.is_dir() { whole_line(&run_dir.join("exit"), 0) } else { whole_line(run_dir, 1) }
 }
 
 fn recorded_pid(run_dir: &Path) -> Option<u32> {
-    whole_line(&run_dir.join("pid"))
+    whole_line(&pid_record(run_dir), 0)
 }
 
-/// The number on the one line of a supervisor's record, once the line is
-/// whole (the supervisor may be writing it).
-fn whole_line<T: std::str::FromStr>(path: &Path) -> Option<T> {
-    std::fs::read_to_string(path).ok()?.strip_suffix('\n')?.trim().parse().ok()
+/// The number on line `n` of a supervisor's record, once the line is whole
+/// (the supervisor may be writing it).
+fn whole_line<T: std::str::FromStr>(path: &Path, n: usize) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let whole = &text[..text.rfind('\n')? + 1];
+    whole.lines().nth(n)?.trim().parse().ok()
 }
 
 /// A live child and what the process needs to control it.
@@ -231,8 +242,8 @@ impl ShellProcess {
     }
 
     /// A durable shell process: its child runs under a small supervisor that
-    /// records the child's pid and exit code in `run_dir` (one directory per
-    /// process), and outlives the engine. A process restored from a checkpoint
+    /// records the child's pid and exit code in the file `run_dir` (one per
+    /// process, in a directory made private), and outlives the engine. A process restored from a checkpoint
     /// with [`ShellProcess::restore`] re-attaches to the child, or reads its
     /// exit code, and never starts it twice.
     ///
@@ -301,19 +312,21 @@ impl ShellProcess {
             Some(slot) => slot,
             None => interruptible(self.governor.acquire()).await,
         };
-        // Private: the supervisor's records are for this user alone.
-        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&run_dir) {
-            self.state =
-                ShellState::Failed { reason: format!("cannot create run directory `{}`: {e}", run_dir.display()) };
+        // Private: the supervisors' records are for this user alone.
+        let records = run_dir.parent().unwrap_or(Path::new("."));
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(records) {
+            self.state = ShellState::Failed {
+                reason: format!("cannot create the supervisors' directory `{}`: {e}", records.display()),
+            };
             return;
         }
-        if !run_dir.join("started").exists() {
+        if !run_dir.exists() {
             match command::start_supervised(&self.spec, &run_dir) {
                 Ok(started) => {
                     let since = Instant::now();
                     let mut child = started.child;
                     // Restored: did a supervisor an earlier engine started win the
-                    // race for the run directory? (A fresh process has no rival.)
+                    // race for the record? (A fresh process has no rival.)
                     let lost = self.restored
                         && (tokio::time::timeout(Duration::from_millis(50), child.wait()).await)
                             .is_ok_and(|s| s.is_ok_and(|s| s.code() == Some(command::ALREADY_STARTED)));

@@ -547,8 +547,8 @@ fn a_recycled_pid_is_never_adopted_paused_or_killed() {
     assert_group_gone(pid);
     let mut bystander = unrelated_group();
     let other = bystander.id();
-    std::fs::write(run_dir.join("pid"), format!("{other}\n")).unwrap();
-    let before_it = std::fs::File::options().write(true).open(run_dir.join("pid")).unwrap();
+    std::fs::write(&run_dir, format!("{other}\n")).unwrap();
+    let before_it = std::fs::File::options().write(true).open(&run_dir).unwrap();
     before_it.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
     drop(before_it);
 
@@ -602,13 +602,64 @@ fn a_recycled_pid_is_never_adopted_paused_or_killed() {
 #[test]
 fn a_start_whose_record_was_lost_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
+    // A record without its pid line, and an older drover's directory of one.
+    let file = dir.path().join("run");
+    std::fs::write(&file, "").unwrap();
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(old.join("started")).unwrap();
+    for run_dir in [file, old] {
+        let state = engine_life(|local| async move {
+            let proc =
+                ShellProcess::restore(ShellSpec::script("exit 0"), Governor::new(1), run_dir, ShellState::Starting);
+            finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+        });
+        assert!(
+            matches!(&state, ShellState::Failed { reason } if reason.contains("without an exit code")),
+            "{state:?}"
+        );
+    }
+}
+
+#[test]
+fn a_record_an_older_drover_left_is_read_as_it_was() {
+    // A supervisor of the layout before one record file: a directory with
+    // `started`, `pid` and `exit`; its command ran and exited 6.
+    let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     std::fs::create_dir_all(run_dir.join("started")).unwrap();
+    std::fs::write(run_dir.join("pid"), "1\n").unwrap();
+    std::fs::write(run_dir.join("exit"), "6\n").unwrap();
+    let marker = dir.path().join("ran");
+    let spec = ShellSpec::script(format!("touch '{}'", marker.display()));
+    let running = ShellState::Running { pid: 1, started_at: std::time::SystemTime::now(), identity: None };
     let state = engine_life(|local| async move {
-        let proc = ShellProcess::restore(ShellSpec::script("exit 0"), Governor::new(1), run_dir, ShellState::Starting);
+        let proc = ShellProcess::restore(spec, Governor::new(1), run_dir, running);
         finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
     });
-    assert!(matches!(&state, ShellState::Failed { reason } if reason.contains("without an exit code")), "{state:?}");
+    assert!(matches!(state, ShellState::Finished { exit_code: 6, .. }), "{state:?}");
+    assert!(!marker.exists(), "the command ran again");
+}
+
+#[test]
+fn a_durable_job_makes_one_record_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("records/run");
+    let spec = ShellSpec::script("exit 5");
+    let governor = Governor::new(1);
+    let state = engine_life(|local| async move {
+        let proc = ShellProcess::durable(spec, governor, run_dir.clone());
+        let state = finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await;
+        assert!(run_dir.is_file(), "the record is one file");
+        let record = std::fs::read_to_string(&run_dir).unwrap();
+        let lines: Vec<&str> = record.lines().collect();
+        assert_eq!(lines.len(), 2, "{record:?}");
+        assert!(lines[0].parse::<u32>().is_ok(), "{record:?}");
+        assert_eq!(lines[1], "5");
+        state
+    });
+    assert!(matches!(state, ShellState::Finished { exit_code: 5, .. }), "{state:?}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("records")).unwrap().collect();
+    assert_eq!(entries.len(), 1, "one file per durable job");
 }
 
 trait TapNudge {
