@@ -33,9 +33,19 @@ pub struct JobSpec {
     /// Files (relative to the work directory) brought back after the job.
     /// The job's standard output and error always are.
     pub retrieve: Vec<String>,
+    /// The most bytes retrieved for the job, all files together (`None`:
+    /// [`DEFAULT_RETRIEVE_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieve_limit: Option<u64>,
     /// The local directory the retrieved files are written to.
     pub local_dir: PathBuf,
 }
+
+/// The most bytes retrieved for a job unless it says otherwise: 10 GiB.
+pub const DEFAULT_RETRIEVE_LIMIT: u64 = 10 << 30;
+
+/// The largest retrieval limit a job may ask for, in MiB: 1 TiB.
+pub const MAX_RETRIEVE_MIB: u64 = 1 << 20;
 
 /// Resources of a job. `None` leaves the scheduler's default.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use drover_kind::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::{STDERR_FILE, STDOUT_FILE};
+use crate::job::{MAX_RETRIEVE_MIB, STDERR_FILE, STDOUT_FILE};
 use crate::{
     AnyScheduler, AnyTransport, Computer, DEFAULT_INTERVAL, Direct, JobSpec, JobState, Local, Resources,
     SchedulerProcess, Slurm, Ssh, SshConfig, Transport, quote,
@@ -65,6 +65,7 @@ struct SchedulerEntry {
     append: Option<String>,
     #[serde(default)]
     retrieve: Vec<String>,
+    retrieve_max_mib: Option<u64>,
 }
 
 impl Kind for SchedulerKind {
@@ -84,6 +85,7 @@ impl Kind for SchedulerKind {
         "prepend",
         "append",
         "retrieve",
+        "retrieve_max_mib",
     ];
     const SECTION: Option<&'static str> = Some("computer");
 
@@ -119,6 +121,13 @@ impl Kind for SchedulerKind {
             append: e.append.unwrap_or_default(),
             uploads: Vec::new(),
             retrieve: e.retrieve,
+            retrieve_limit: match e.retrieve_max_mib {
+                None => None,
+                Some(mib @ 1..=MAX_RETRIEVE_MIB) => Some(mib << 20),
+                Some(mib) => {
+                    return Err(format!("retrieve_max_mib: {mib} is out of range (1 to {MAX_RETRIEVE_MIB})"));
+                }
+            },
             local_dir: entry.out_dir.join(entry.name),
         };
         spec.validate().map_err(|e| e.problem)?;
@@ -348,6 +357,24 @@ pub(crate) fn from_base64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retrieval_limit_is_read_in_mib_and_range_checked() {
+        let read = |mib: serde_json::Value| {
+            let table = serde_json::json!({"computer": "c", "command": "true", "retrieve_max_mib": mib});
+            let table = table.as_object().unwrap().clone();
+            let nested = |_: &Entry<'_>| -> Result<drover_kind::Job, String> { unreachable!() };
+            let entry =
+                Entry { name: "f.j", process_id: "r.f.j", table: &table, out_dir: Path::new("/o"), plan: &nested };
+            SchedulerKind::plan(&entry).map(|job| job.spec.retrieve_limit)
+        };
+        assert_eq!(read(serde_json::json!(2)), Ok(Some(2 << 20)));
+        assert_eq!(read(serde_json::json!(MAX_RETRIEVE_MIB)), Ok(Some(1 << 40)));
+        for bad in [0, MAX_RETRIEVE_MIB + 1, u64::MAX] {
+            let e = read(serde_json::json!(bad)).unwrap_err();
+            assert!(e.contains("retrieve_max_mib") && e.contains("out of range"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn base64_as_coreutils_prints_it() {

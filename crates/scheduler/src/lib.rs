@@ -63,7 +63,10 @@ mod scheduler;
 mod transport;
 
 pub use computer::{Canceller, Computer};
-pub use job::{EXIT_CODE_FILE, InvalidJob, JobSpec, Resources, SCRIPT_FILE, STDERR_FILE, STDOUT_FILE, Source, Upload};
+pub use job::{
+    DEFAULT_RETRIEVE_LIMIT, EXIT_CODE_FILE, InvalidJob, JobSpec, MAX_RETRIEVE_MIB, Resources, SCRIPT_FILE, STDERR_FILE,
+    STDOUT_FILE, Source, Upload,
+};
 pub use kind::{Computers, SchedulerJob, SchedulerKind, computers};
 pub use poller::{DEFAULT_INTERVAL, MIN_INTERVAL, PollError, Poller};
 pub use process::{JobState, SchedulerProcess};

@@ -6,7 +6,7 @@ use drover_core::{Process, State, interruptible};
 use serde::{Deserialize, Serialize};
 
 use crate::computer::{Computer, cancel_and_confirm};
-use crate::job::{EXIT_CODE_FILE, JobSpec, SCRIPT_FILE, STDERR_FILE, STDOUT_FILE, Source};
+use crate::job::{DEFAULT_RETRIEVE_LIMIT, EXIT_CODE_FILE, JobSpec, SCRIPT_FILE, STDERR_FILE, STDOUT_FILE, Source};
 use crate::quote::quote;
 use crate::retry::{Failure, retrying};
 use crate::scheduler::{Ended, JobStatus, Scheduler};
@@ -316,12 +316,16 @@ impl SchedulerProcess {
             accepted: false,
         })?;
         let always = [STDOUT_FILE, STDERR_FILE, EXIT_CODE_FILE];
+        // One limit for all the job's files together.
+        let mut left = self.spec.retrieve_limit.unwrap_or(DEFAULT_RETRIEVE_LIMIT);
         for name in always.iter().copied().chain(self.spec.retrieve.iter().map(String::as_str)) {
             let target = local.join(name);
             if let Some(parent) = target.parent() {
                 let _ = tokio::fs::create_dir_all(parent).await;
             }
-            computer.transport.get(&format!("{dir}/{name}"), &target).await?;
+            if let Some(size) = computer.transport.get(&format!("{dir}/{name}"), &target, left).await? {
+                left = left.saturating_sub(size);
+            }
         }
         let code = tokio::fs::read_to_string(local.join(EXIT_CODE_FILE)).await.ok();
         Ok(code.and_then(|c| c.trim().parse().ok()))

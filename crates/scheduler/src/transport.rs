@@ -94,9 +94,18 @@ pub trait Transport: Send + Sync + 'static {
     fn write(&self, remote: &str, data: &[u8]) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// Copies the local file `local` to `remote`, streaming.
     fn put(&self, local: &Path, remote: &str) -> impl Future<Output = Result<(), TransportError>> + Send;
-    /// Copies the remote file `remote` to `local`, streaming. `Ok(false)` if
-    /// the remote file does not exist.
-    fn get(&self, remote: &str, local: &Path) -> impl Future<Output = Result<bool, TransportError>> + Send;
+    /// Copies the remote file `remote` to `local`, streaming, if it is a
+    /// regular file (a symlink is followed to one) of at most `limit` bytes;
+    /// returns its size, or `None` if it does not exist. A FIFO, a device,
+    /// a directory or a larger file is refused before any byte is copied
+    /// (and one that grows past `limit` while it is copied is cut there and
+    /// refused), so that a job's output cannot hang or fill the engine's disk.
+    fn get(
+        &self,
+        remote: &str,
+        local: &Path,
+        limit: u64,
+    ) -> impl Future<Output = Result<Option<u64>, TransportError>> + Send;
     /// Whether the last attempt to reach the computer worked.
     fn reachable(&self) -> bool;
     /// The commands run so far.
@@ -142,6 +151,43 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     message
 }
 
+/// Whether a file whose stat says `regular` and `len` may be retrieved
+/// within `limit` bytes.
+fn check_retrievable(regular: bool, len: u64, limit: u64) -> std::io::Result<()> {
+    if !regular {
+        return Err(std::io::Error::other(
+            "it is not a regular file (a FIFO, a device, a directory, a dangling link): not retrieved",
+        ));
+    }
+    if len > limit {
+        return Err(std::io::Error::other(format!(
+            "it holds {len} bytes, more than the {limit} left of the job's retrieval limit (retrieve_max_mib): not retrieved"
+        )));
+    }
+    Ok(())
+}
+
+/// Copies `source` into a new file `local`, at most `limit` bytes: one that
+/// has more is cut, removed, and refused.
+async fn copy_capped(
+    source: impl tokio::io::AsyncRead + Unpin,
+    local: &Path,
+    limit: u64,
+) -> std::io::Result<Option<u64>> {
+    use tokio::io::AsyncReadExt;
+    let mut target = tokio::fs::File::create(local).await?;
+    let copied = tokio::io::copy(&mut source.take(limit.saturating_add(1)), &mut target).await?;
+    if copied > limit {
+        drop(target);
+        let _ = tokio::fs::remove_file(local).await;
+        return Err(std::io::Error::other(format!(
+            "it grew past the {limit} bytes left of the job's retrieval limit while it was copied: not retrieved"
+        )));
+    }
+    target.flush().await?;
+    Ok(Some(copied))
+}
+
 fn file_error(host: &str, op: &'static str, path: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::File { host: host.to_owned(), op, path: path.to_owned(), message: e.to_string() }
 }
@@ -172,12 +218,22 @@ impl Transport for Local {
             .map_err(|e| file_error("localhost", "copying to", remote, e))
     }
 
-    async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
-        match tokio::fs::copy(self.path(remote), local).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.path(remote).exists() => Ok(false),
-            Err(e) => Err(file_error("localhost", "copying from", remote, e)),
+    async fn get(&self, remote: &str, local: &Path, limit: u64) -> Result<Option<u64>, TransportError> {
+        let path = self.path(remote);
+        let refuse = |e: std::io::Error| file_error("localhost", "copying from", remote, e);
+        match tokio::fs::metadata(&path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(refuse(e)),
+            Ok(meta) => check_retrievable(meta.is_file(), meta.len(), limit).map_err(refuse)?,
         }
+        // Non-blocking: had a FIFO taken the file's place since, opening it
+        // would wait for a writer.
+        let mut options = tokio::fs::OpenOptions::new();
+        options.read(true).custom_flags(libc::O_NONBLOCK);
+        let source = options.open(&path).await.map_err(refuse)?;
+        let meta = source.metadata().await.map_err(refuse)?;
+        check_retrievable(meta.is_file(), meta.len(), limit).map_err(refuse)?;
+        copy_capped(source, local, limit).await.map_err(|e| file_error("localhost", "copying from", remote, e))
     }
 
     fn reachable(&self) -> bool {
@@ -469,25 +525,35 @@ impl Transport for Ssh {
         copied.await.map_err(|e| self.unreachable(format!("writing `{remote}`: {e}")))
     }
 
-    async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
+    async fn get(&self, remote: &str, local: &Path, limit: u64) -> Result<Option<u64>, TransportError> {
         let host = self.host().to_owned();
         let sftp = self.sftp().await?;
+        let missing = |e: &openssh_sftp_client::Error| {
+            matches!(e, openssh_sftp_client::Error::SftpError(openssh_sftp_client::error::SftpErrorKind::NoSuchFile, _))
+        };
+        // Looked at before it is opened: the SFTP server would wait on a
+        // FIFO for a writer that never comes.
+        let meta = match sftp.fs().metadata(remote).await {
+            Ok(meta) => meta,
+            Err(e) if missing(&e) => return Ok(None),
+            Err(e) => return Err(self.sftp_error("looking at", remote, e).await),
+        };
+        let regular = meta.file_type().is_some_and(|t| t.is_file());
+        check_retrievable(regular, meta.len().unwrap_or(0), limit)
+            .map_err(|e| file_error(&host, "copying from", remote, e))?;
         let file = match sftp.open(remote).await {
             Ok(file) => file,
-            Err(openssh_sftp_client::Error::SftpError(openssh_sftp_client::error::SftpErrorKind::NoSuchFile, _)) => {
-                return Ok(false);
-            }
+            Err(e) if missing(&e) => return Ok(None),
             Err(e) => return Err(self.sftp_error("opening", remote, e).await),
         };
-        let mut source = Box::pin(TokioCompatFile::new(file));
-        let mut target = tokio::fs::File::create(local)
-            .await
-            .map_err(|e| file_error(&host, "creating", &local.display().to_string(), e))?;
-        tokio::io::copy(&mut source, &mut target)
-            .await
-            .map_err(|e| self.unreachable(format!("reading `{remote}`: {e}")))?;
-        target.flush().await.map_err(|e| file_error(&host, "writing", &local.display().to_string(), e))?;
-        Ok(true)
+        let source = Box::pin(TokioCompatFile::new(file));
+        copy_capped(source, local, limit).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Other {
+                file_error(&host, "copying from", remote, e)
+            } else {
+                self.unreachable(format!("reading `{remote}`: {e}"))
+            }
+        })
     }
 
     fn reachable(&self) -> bool {
@@ -531,10 +597,10 @@ impl Transport for AnyTransport {
             AnyTransport::Ssh(t) => t.put(local, remote).await,
         }
     }
-    async fn get(&self, remote: &str, local: &Path) -> Result<bool, TransportError> {
+    async fn get(&self, remote: &str, local: &Path, limit: u64) -> Result<Option<u64>, TransportError> {
         match self {
-            AnyTransport::Local(t) => t.get(remote, local).await,
-            AnyTransport::Ssh(t) => t.get(remote, local).await,
+            AnyTransport::Local(t) => t.get(remote, local, limit).await,
+            AnyTransport::Ssh(t) => t.get(remote, local, limit).await,
         }
     }
     fn reachable(&self) -> bool {

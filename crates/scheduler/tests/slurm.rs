@@ -945,3 +945,39 @@ fn a_master_nobody_uses_ends_by_itself_and_the_control_directory_is_checked() {
         }
     });
 }
+
+#[test]
+fn retrieval_takes_regular_files_only_within_the_job_s_limit() {
+    // What a job (or whoever can write its directory) may leave where its
+    // outputs are: a FIFO (opening it would wait for ever), a link to
+    // /dev/zero (copying it would fill the disk), a file over the limit.
+    test(|local| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "mkfifo fifo && ln -s /dev/zero zero && head -c 3145728 /dev/zero > big && echo done";
+        let cases = [
+            ("fifo", Via::Ssh, "not a regular file"),
+            ("zero", Via::Local, "not a regular file"),
+            ("big", Via::Ssh, "bytes, more than the"),
+        ];
+        let mut running = Vec::new();
+        for (file, via, _) in cases {
+            let mut job = spec(&unique(file), "sh", &["-c", script], &dir.path().join(file));
+            job.retrieve = vec![file.into()];
+            job.retrieve_limit = Some(1 << 20);
+            running.push(launch(&local, job, &computer(via, AnyScheduler::Slurm(Slurm::new()))));
+        }
+        for (h, (file, via, expected)) in running.into_iter().zip(cases) {
+            let state = tokio::time::timeout(Duration::from_secs(120), finish(h)).await.expect("retrieval hung");
+            match &state {
+                JobState::Failed { reason, .. } => {
+                    assert!(reason.contains(file) && reason.contains(expected), "{via:?} {file}: {reason}");
+                }
+                other => panic!("{via:?} {file}: {other:?}"),
+            }
+            let local_copy = dir.path().join(file).join(file);
+            assert!(std::fs::metadata(&local_copy).map_or(true, |m| m.len() <= 1 << 20), "{file} was copied whole");
+            // The job's own output came back within the limit.
+            assert_eq!(std::fs::read_to_string(dir.path().join(file).join("stdout.txt")).unwrap(), "done\n");
+        }
+    });
+}
