@@ -428,7 +428,11 @@ fn run(
             let total = if resume.is_some() { take_up(&engine, &run_id).await? } else { total };
             let mut progress = Progress::new(total, std::io::stderr().is_terminal(), &run_id);
             tokio::select! {
-                outcomes = engine.wait_each(|id, outcome| progress.ended(id, outcome)) => Ok((total, outcomes)),
+                outcomes = engine.wait_each(|id, outcome| progress.ended(id, outcome)) => {
+                    // Nothing of the run runs again: what ended is cleaned up now.
+                    engine.close().await;
+                    Ok((total, outcomes))
+                }
                 _ = tokio::signal::ctrl_c() => {
                     // Ctrl-C: the run's jobs are killed (with their children),
                     // so that nothing is left for anyone to pick up by surprise.

@@ -104,6 +104,44 @@ batch_job = true
     assert!(stdout.contains("failed: pods.fails (exit 5"), "{stdout}");
     // A failed batch Job's line names its exit code too, not only the API's reason.
     assert!(stdout.contains("failed: pods.batch-fails (exit 3"), "{stdout}");
+    // The run left no ended pod or Job behind (its janitor would have died
+    // with it): every object is gone, or deleted and waiting for a kubelet.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // This run's objects (the namespace outlives test runs).
+    let run = stdout.split("runs/").nth(1).and_then(|r| r.split_whitespace().next()).expect("the run's id").to_owned();
+    let ours = |name: &String| name.starts_with(&format!("drover-{run}-"));
+    rt.block_on(async {
+        let client = node::kube_client().await;
+        let selector = format!("{}={}", drover_cloud::MANAGED_BY.0, drover_cloud::MANAGED_BY.1);
+        let params = kube::api::ListParams::default().labels(&selector);
+        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
+        let left: Vec<String> = jobs
+            .list(&params)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .filter_map(|j| j.metadata.name)
+            .filter(ours)
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "Jobs the run left behind");
+        let pods: Api<Pod> = Api::namespaced(client, NS);
+        let left: Vec<String> = pods
+            .list(&params)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty())
+            })
+            .filter_map(|p| p.metadata.name)
+            .filter(ours)
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "pods the run left behind");
+    });
 
     // Bad input in a file: nothing at all is made.
     let bad = c.join("bad.toml");

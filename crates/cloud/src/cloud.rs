@@ -104,7 +104,12 @@ pub struct Cloud {
     watches: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
     deleting: Arc<Mutex<Vec<(String, String, bool)>>>,
     watch_timeout: Arc<AtomicU32>,
+    /// Ended objects the janitor is to delete later: namespace and name, and
+    /// whether it is a Job.
+    later: Later,
 }
+
+type Later = Arc<Mutex<std::collections::HashSet<(String, String, bool)>>>;
 
 /// How long the server keeps one watch request open before the watch
 /// reconnects (from the last resource version), by default.
@@ -207,6 +212,7 @@ impl Cloud {
             watches: Mutex::default(),
             deleting: Arc::default(),
             watch_timeout: Arc::new(AtomicU32::new(DEFAULT_WATCH_TIMEOUT_SECS)),
+            later: Arc::default(),
         }))
     }
 
@@ -305,7 +311,33 @@ impl Cloud {
             cleanup_after: self.cleanup_after,
             deleting: self.deleting.clone(),
             watch_timeout: self.watch_timeout.clone(),
+            later: self.later.clone(),
         }
+    }
+
+    /// Deletes now every ended object of this `Cloud`'s that the janitor was
+    /// to delete later: for an engine that stops for good once its jobs
+    /// ended (`drover run`), so that it leaves no ended pod or Job behind.
+    /// Returns how many it deleted; one the API refuses is left, logged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it stops deleting; what it did not reach stays for the
+    /// janitor's timers while this `Cloud` lives.
+    pub async fn clean_up_now(&self) -> usize {
+        let later: Vec<_> = self.later.lock().expect("not poisoned").drain().collect();
+        let mut deleted = 0;
+        for (namespace, name, job) in later {
+            let ours = self.watches.lock().expect("not poisoned").get(&namespace).map(|w| w.ours.clone());
+            if !ours.is_some_and(|o| o.lock().expect("not poisoned").remove(&name)) {
+                continue;
+            }
+            match self.delete(&namespace, &name, job).await {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(object = %name, error = %e, "cannot clean up an ended object"),
+            }
+        }
+        deleted
     }
 
     /// Deletes the pod or Job `name` (a Job with its pods). `Ok` once the API
@@ -386,6 +418,7 @@ struct Runner {
     cleanup_after: Duration,
     deleting: Arc<Mutex<Vec<(String, String, bool)>>>,
     watch_timeout: Arc<AtomicU32>,
+    later: Later,
 }
 
 impl Runner {
@@ -411,8 +444,11 @@ impl Runner {
     /// it is one this `Cloud` followed.
     fn clean_up_later(self: &Arc<Self>, name: String, job: bool, ours: Ours) {
         let runner = self.clone();
+        let key = (self.namespace.clone(), name.clone(), job);
+        self.later.lock().expect("not poisoned").insert(key.clone());
         tokio::spawn(async move {
             tokio::time::sleep(runner.cleanup_after).await;
+            runner.later.lock().expect("not poisoned").remove(&key);
             if !ours.lock().expect("not poisoned").remove(&name) {
                 return; // another engine's: its janitor's business
             }

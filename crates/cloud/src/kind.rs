@@ -202,6 +202,13 @@ impl Kind for CloudKind {
         Ended { succeeded: state.succeeded(), summary }
     }
 
+    async fn close(env: &CloudEnv) {
+        if let Ok(cloud) = &env.0 {
+            let deleted = cloud.clean_up_now().await;
+            tracing::debug!(deleted, "deleted the ended objects the janitor would have deleted later");
+        }
+    }
+
     fn failed(_state: &CloudState, reason: String) -> CloudState {
         CloudState::Failed { reason, exit_code: None }
     }

@@ -185,6 +185,8 @@ pub(crate) trait DynKind {
     /// The work a terminal checkpoint left, as a future that resolves to the
     /// checkpoint to record once done; `None` if it left none.
     fn finish(&self, job: &Job, checkpoint: &str) -> Option<LocalBoxFuture<'static, String>>;
+    /// See [`Kind::close`].
+    fn close(&self) -> LocalBoxFuture<'_, ()>;
 }
 
 /// What a process is started from.
@@ -279,6 +281,10 @@ impl<K: Kind> DynKind for Registered<K> {
         let env = self.env.clone();
         Some(Box::pin(async move { encode(&K::finish(&env, &spec, state).await) }))
     }
+
+    fn close(&self) -> LocalBoxFuture<'_, ()> {
+        Box::pin(K::close(&self.env))
+    }
 }
 
 /// The kinds an engine drives, each with its environment.
@@ -309,6 +315,13 @@ impl Kinds {
     /// Every kind's places, as `kind:place` lease names.
     pub(crate) fn places(&self) -> Vec<String> {
         self.kinds.values().flat_map(|k| k.places()).collect()
+    }
+
+    /// Every kind's [`Kind::close`], one after the other.
+    pub(crate) async fn close(&self) {
+        for kind in self.kinds.values() {
+            kind.close().await;
+        }
     }
 
     pub(crate) fn get(&self, name: &str) -> Result<&dyn DynKind, String> {

@@ -680,6 +680,18 @@ impl Engine {
         outcomes
     }
 
+    /// Finishes, for an engine that stops for good once its processes have
+    /// ended (`drover run`), what its kinds would do later in the background
+    /// (see [`Kind::close`](drover_kind::Kind::close)): a cloud deletes the
+    /// ended pods and Jobs its janitor would have deleted after a while.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it leaves the rest undone.
+    pub async fn close(&self) {
+        self.inner.kinds.close().await;
+    }
+
     /// Ends this engine's lease now (a clean stop), so that another engine
     /// of its pool may take its processes over at once.
     ///

@@ -174,6 +174,19 @@ pub trait Kind: Sized + 'static {
         std::future::ready(None)
     }
 
+    /// The engine stops for good, every process of its ended (a `drover
+    /// run` at its end): finish what the kind would do later in the
+    /// background for ended processes (a cloud deletes the ended pods its
+    /// janitor would delete later), since nothing of it will run again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it leaves the rest undone.
+    fn close(env: &Self::Env) -> impl Future<Output = ()> {
+        let _ = env;
+        std::future::ready(())
+    }
+
     /// Whether a terminal state leaves work to finish (a cancel or delete not
     /// yet confirmed). Such processes are taken up by
     /// [`finish`](Kind::finish) after the end, and again after a restart.
