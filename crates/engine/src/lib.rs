@@ -682,7 +682,7 @@ impl Engine {
 
     /// Finishes, for an engine that stops for good once its processes have
     /// ended (`drover run`), what its kinds would do later in the background
-    /// (see [`Kind::close`](drover_kind::Kind::close)): a cloud deletes the
+    /// (see [`Kind::close`]): a cloud deletes the
     /// ended pods and Jobs its janitor would have deleted after a while.
     ///
     /// # Cancel safety
