@@ -4,117 +4,15 @@
 
 #![allow(clippy::disallowed_methods)] // runs the program under test
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_store::Store;
+use drover_testkit::{
+    Drover, SSHD_LOG, StopDaemon, alive, each_once, marker_jobs, require_cluster, sh, signal, text, until,
+};
 use serde_json::Value;
 
-struct Dirs {
-    data: PathBuf,
-    config: PathBuf,
-}
-
-fn drover(dirs: &Dirs, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .arg("--data-dir")
-        .arg(&dirs.data)
-        .arg("--config-dir")
-        .arg(&dirs.config)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn spawn(dirs: &Dirs, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .arg("--data-dir")
-        .arg(&dirs.data)
-        .arg("--config-dir")
-        .arg(&dirs.config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(dirs: &Dirs, args: &[&str]) -> String {
-    let out = drover(dirs, args);
-    assert!(out.status.success(), "drover {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn json(dirs: &Dirs, args: &[&str]) -> Value {
-    serde_json::from_str(&ok(dirs, args)).unwrap()
-}
-
-/// Stops a daemon when the test ends, however it ends.
-struct Stop<'a>(&'a Dirs);
-
-impl Drop for Stop<'_> {
-    fn drop(&mut self) {
-        let _ = drover(self.0, &["daemon", "stop"]);
-    }
-}
-
-fn dirs(root: &Path, name: &str) -> Dirs {
-    let d = Dirs { data: root.join(name), config: root.join(format!("{name}-config")) };
-    std::fs::create_dir_all(&d.config).unwrap();
-    d
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a daemon this test started.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
-}
-
-fn until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A job file of `n` shell jobs `j<i>`, each appending its id to a marker
-/// file and sleeping `secs`; the file and the marker.
-fn marker_jobs(root: &Path, n: usize, secs: u64) -> (PathBuf, PathBuf) {
-    let marker = root.join("marker");
-    let mut file = String::new();
-    for i in 0..n {
-        file.push_str(&format!(
-            "[[job]]\nid = \"j{i}\"\nscript = \"echo j{i} >> {}; sleep {secs}\"\n\n",
-            marker.display()
-        ));
-    }
-    let jobs = root.join("jobs.toml");
-    std::fs::write(&jobs, file).unwrap();
-    (jobs, marker)
-}
-
-/// Each of the `n` jobs of [`marker_jobs`] ran exactly once.
-fn each_once(marker: &Path, n: usize) {
-    let lines = std::fs::read_to_string(marker).unwrap();
-    for i in 0..n {
-        assert_eq!(lines.lines().filter(|l| *l == format!("j{i}")).count(), 1, "j{i} ran other than once:\n{lines}");
-    }
-}
+const PROGRAM: &str = env!("CARGO_BIN_EXE_drover");
 
 #[test]
 fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_once() {
@@ -122,7 +20,7 @@ fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_onc
     let store = root.path().join("shared.db");
     let store = store.to_str().unwrap();
     let marker = root.path().join("marker");
-    let (a, b) = (dirs(root.path(), "a"), dirs(root.path(), "b"));
+    let (a, b) = (Drover::new(PROGRAM, root.path(), "a"), Drover::new(PROGRAM, root.path(), "b"));
     // One computer, the machine itself with the `direct` scheduler: its jobs
     // outlive the daemon that started them.
     let computers = format!(
@@ -130,10 +28,10 @@ fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_onc
         root.path().join("work").display()
     );
     for d in [&a, &b] {
-        std::fs::write(d.config.join("computers.toml"), &computers).unwrap();
+        d.computers(&computers);
     }
-    ok(&a, &["daemon", "start", "--store", store, "--lease-secs", "2"]);
-    let _stop_a = Stop(&a);
+    a.ok(&["daemon", "start", "--store", store, "--lease-secs", "2"]);
+    let _stop_a = StopDaemon(&a);
     let jobs = root.path().join("jobs.toml");
     std::fs::write(
         &jobs,
@@ -143,24 +41,24 @@ fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_onc
         ),
     )
     .unwrap();
-    let submitted = json(&a, &["submit", jobs.to_str().unwrap(), "--json"]);
+    let submitted = a.json(&["submit", jobs.to_str().unwrap(), "--json"]);
     let id = submitted["ids"][0].as_str().unwrap().to_owned();
-    until("the job runs", 30, || json(&a, &["show", &id, "--json"])["state"] == "running");
-    let a_pid = json(&a, &["daemon", "status", "--json"])["info"]["pid"].as_u64().unwrap() as u32;
+    until("the job runs", 30, || a.json(&["show", &id, "--json"])["state"] == "running");
+    let a_pid = a.json(&["daemon", "status", "--json"])["info"]["pid"].as_u64().unwrap() as u32;
 
     // A stops answering (SIGSTOP) past its lease; B, on the same store, takes
     // the job over and finishes it.
     signal(a_pid, libc::SIGSTOP);
-    ok(&b, &["daemon", "start", "--store", store, "--lease-secs", "2"]);
-    let _stop_b = Stop(&b);
-    let b_id = json(&b, &["daemon", "status", "--json"])["info"]["pid"].as_u64().unwrap();
+    b.ok(&["daemon", "start", "--store", store, "--lease-secs", "2"]);
+    let _stop_b = StopDaemon(&b);
+    let b_id = b.json(&["daemon", "status", "--json"])["info"]["pid"].as_u64().unwrap();
     assert!(b_id > 0);
     until("B takes the job over", 20, || {
-        let p = json(&b, &["show", &id, "--json"]);
+        let p = b.json(&["show", &id, "--json"]);
         p["owner"].as_str().is_some_and(|o| o.contains("/b")) || p["terminal"] == true
     });
-    until("the job finishes under B", 40, || json(&b, &["show", &id, "--json"])["state"] == "finished");
-    let shown = json(&b, &["show", &id, "--json"]);
+    until("the job finishes under B", 40, || b.json(&["show", &id, "--json"])["state"] == "finished");
+    let shown = b.json(&["show", &id, "--json"]);
     assert_eq!(shown["exit_code"], 0, "{shown}");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -184,26 +82,26 @@ fn a_daemon_whose_lease_expired_writes_nothing_and_another_finishes_its_jobs_onc
     // The command ran once.
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
     // B lists both engines, A's no longer live.
-    let status = ok(&b, &["daemon", "status"]);
+    let status = b.ok(&["daemon", "status"]);
     assert!(status.contains("(this one): live") && status.contains("gone"), "{status}");
 }
 
 #[test]
 fn drover_run_and_a_daemon_on_one_data_dir_never_drive_the_same_process() {
     let root = tempfile::tempdir().unwrap();
-    let d = dirs(root.path(), "data");
-    let (jobs, marker) = marker_jobs(root.path(), 12, 1);
+    let d = Drover::new(PROGRAM, root.path(), "data");
+    let (jobs, marker) = marker_jobs(root.path(), 12, 1.0);
     // The run works through its jobs three at a time; a daemon starts meanwhile.
-    let run = spawn(&d, &["run", "-j", "3", jobs.to_str().unwrap()]);
+    let run = d.spawn(&["run", "-j", "3", jobs.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1500));
-    ok(&d, &["daemon", "start"]);
-    let _stop = Stop(&d);
+    d.ok(&["daemon", "start"]);
+    let _stop = StopDaemon(&d);
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).starts_with("12 jobs: 12 succeeded"), "{}", text(&out.stdout));
     each_once(&marker, 12);
     // The daemon sees the run's jobs, all finished, and drove none of them.
-    let list = json(&d, &["list", "--json"]);
+    let list = d.json(&["list", "--json"]);
     let processes = list["processes"].as_array().unwrap();
     assert_eq!(processes.len(), 12);
     assert!(processes.iter().all(|p| p["state"] == "finished" && p["exit_code"] == 0), "{list}");
@@ -214,7 +112,7 @@ fn drover_run_and_a_daemon_on_one_data_dir_never_drive_the_same_process() {
 #[test]
 fn a_run_stopped_with_ctrl_c_kills_its_jobs_and_leaves_nothing_to_a_daemon() {
     let root = tempfile::tempdir().unwrap();
-    let d = dirs(root.path(), "data");
+    let d = Drover::new(PROGRAM, root.path(), "data");
     let marker = root.path().join("marker");
     let jobs = root.path().join("jobs.toml");
     std::fs::write(
@@ -225,29 +123,20 @@ fn a_run_stopped_with_ctrl_c_kills_its_jobs_and_leaves_nothing_to_a_daemon() {
         ),
     )
     .unwrap();
-    let run = spawn(&d, &["run", jobs.to_str().unwrap()]);
+    let run = d.spawn(&["run", jobs.to_str().unwrap()]);
     until("both jobs run", 20, || std::fs::read_to_string(&marker).is_ok_and(|m| m.lines().count() == 2));
     signal(run.id(), libc::SIGINT);
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stderr).contains("killing the run's jobs"), "{}", text(&out.stderr));
-    ok(&d, &["daemon", "start"]);
-    let _stop = Stop(&d);
-    let list = json(&d, &["list", "--json"]);
+    d.ok(&["daemon", "start"]);
+    let _stop = StopDaemon(&d);
+    let list = d.json(&["list", "--json"]);
     let processes = list["processes"].as_array().unwrap();
     assert_eq!(processes.len(), 2);
     assert!(processes.iter().all(|p| p["state"] == "killed"), "{list}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2, "a killed job ran again");
-}
-
-const PG_URL_FILE: &str = "/tmp/drover-services/postgres/url";
-const SSHD_LOG: &str = "/tmp/drover-services/sshd/sshd.log";
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
-    text(&out.stdout)
 }
 
 /// One RPC counter of `sdiag` (SLURM's own statistics).
@@ -263,49 +152,32 @@ fn rpc_count(sdiag: &str, rpc: &str) -> u64 {
 
 /// A daemon on the shared store, with the URL in its environment (never on
 /// its command line).
-fn start_daemon(d: &Dirs, url: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .arg("--data-dir")
-        .arg(&d.data)
-        .arg("--config-dir")
-        .arg(&d.config)
-        .args(["daemon", "start", "--lease-secs", "3", "-j", "8"])
-        .env("DROVER_STORE", url)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+fn start_daemon(d: &Drover, url: &str) {
+    let out =
+        d.command(&["daemon", "start", "--lease-secs", "3", "-j", "8"]).env("DROVER_STORE", url).output().unwrap();
     assert!(out.status.success(), "daemon start: {}{}", text(&out.stdout), text(&out.stderr));
 }
 
-fn daemon_pid(d: &Dirs) -> u32 {
+fn daemon_pid(d: &Drover) -> u32 {
     drover_daemon::Paths::new(&d.data).running_pid().expect("a daemon runs")
 }
 
 #[test]
 fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connection_to_the_cluster() {
-    let url = std::fs::read_to_string(PG_URL_FILE).map(|s| s.trim().to_owned()).expect(
-        "PostgreSQL for tests is not running: run `scripts/services/all.sh start` (the README's test command does)",
-    );
-    assert!(
-        Command::new("sh")
-            .args(["-c", "ssh -o BatchMode=yes drover-test-host true && scontrol ping | grep -q UP"])
-            .status()
-            .unwrap()
-            .success(),
-        "sshd and SLURM for tests are not running: run `scripts/services/all.sh start`"
-    );
+    let url = drover_testkit::postgres_url();
+    require_cluster();
     let root = tempfile::tempdir().unwrap();
     let tag = format!("e{}", std::process::id());
     let schema = format!("engines_{tag}");
     sh(&format!("psql -q '{url}' -c 'CREATE SCHEMA {schema}'"));
     let url = format!("{url}?options=-csearch_path%3D{schema}");
     let marker = root.path().join("marker");
-    let daemons: Vec<Dirs> = (0..3).map(|k| dirs(root.path(), &format!("d{k}"))).collect();
+    let daemons: Vec<Drover> = (0..3).map(|k| Drover::new(PROGRAM, root.path(), &format!("d{k}"))).collect();
     let computers = format!(
         "[computer.cluster]\ntransport = \"ssh\"\nhost = \"drover-test-host\"\nscheduler = \"slurm\"\nwork_dir = \"drover-engines-{tag}\"\npoll_interval_secs = 2\n"
     );
     for d in &daemons {
-        std::fs::write(d.config.join("computers.toml"), &computers).unwrap();
+        d.computers(&computers);
     }
     let ssh_before = std::fs::read_to_string(SSHD_LOG).unwrap_or_default().matches("Accepted publickey").count();
     sh("sdiag -r >/dev/null");
@@ -313,11 +185,11 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
     for d in &daemons {
         start_daemon(d, &url);
     }
-    struct StopAll<'a>(&'a [Dirs]);
+    struct StopAll<'a>(&'a [Drover]);
     impl Drop for StopAll<'_> {
         fn drop(&mut self) {
             for d in self.0 {
-                let _ = drover(d, &["daemon", "stop"]);
+                let _ = d.output(&["daemon", "stop"]);
             }
         }
     }
@@ -346,13 +218,13 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
         }
         let path = root.path().join(format!("f{k}.toml"));
         std::fs::write(&path, file).unwrap();
-        let submitted = json(d, &["submit", path.to_str().unwrap(), "--json"]);
+        let submitted = d.json(&["submit", path.to_str().unwrap(), "--json"]);
         assert_eq!(submitted["ids"].as_array().unwrap().len(), 100);
         runs.push(submitted["run"].as_str().unwrap().to_owned());
     }
-    let engines = |d: &Dirs| json(d, &["daemon", "status", "--json"]);
+    let engines = |d: &Drover| d.json(&["daemon", "status", "--json"]);
     let holder_by = |ask: usize| {
-        let status = ok(&daemons[ask], &["daemon", "status"]);
+        let status = daemons[ask].ok(&["daemon", "status"]);
         (0..3).find(|k| status.lines().any(|l| l.contains(&format!("/d{k}")) && l.contains("holds scheduler:cluster")))
     };
     until("a daemon holds the cluster", 20, || holder_by(0).is_some());
@@ -384,7 +256,7 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
 
     // Every job ends, successfully.
     let all_done = || {
-        let list = json(&daemons[steady], &["list", "--json"]);
+        let list = daemons[steady].json(&["list", "--json"]);
         let processes = list["processes"].as_array().unwrap().clone();
         (processes.len() == 300 && processes.iter().all(|p| p["terminal"] == true), processes)
     };
@@ -431,22 +303,22 @@ fn three_daemons_on_one_postgres_run_300_jobs_once_through_kills_with_one_connec
 #[test]
 fn a_run_killed_outright_is_taken_up_by_resume_with_nothing_run_twice() {
     let root = tempfile::tempdir().unwrap();
-    let d = dirs(root.path(), "data");
-    let (jobs, marker) = marker_jobs(root.path(), 4, 2);
-    let mut run = spawn(&d, &["run", "-j", "2", jobs.to_str().unwrap()]);
+    let d = Drover::new(PROGRAM, root.path(), "data");
+    let (jobs, marker) = marker_jobs(root.path(), 4, 2.0);
+    let mut run = d.spawn(&["run", "-j", "2", jobs.to_str().unwrap()]);
     until("two jobs run", 20, || std::fs::read_to_string(&marker).is_ok_and(|m| m.lines().count() == 2));
     signal(run.id(), libc::SIGKILL);
     run.wait().unwrap();
     let run_id = std::fs::read_dir(d.data.join("runs")).unwrap().next().unwrap().unwrap().file_name();
     let run_id = run_id.to_str().unwrap();
-    let out = drover(&d, &["run", "--resume", run_id]);
+    let out = d.output(&["run", "--resume", run_id]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("4 of 4 jobs had not ended"), "{stderr}");
     assert!(stdout.starts_with("4 jobs: 4 succeeded"), "{stdout}");
     each_once(&marker, 4);
     // A run that is not there is bad input.
-    let out = drover(&d, &["run", "--resume", "run-nothere"]);
+    let out = d.output(&["run", "--resume", "run-nothere"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no run `run-nothere`"), "{}", text(&out.stderr));
 }
