@@ -79,6 +79,9 @@ pub(crate) struct Inner {
     /// The epoch of this engine's claim on each process it drives (a claim
     /// made again, by a second `recover`, moves it on; the process goes on).
     pub(crate) epochs: RefCell<HashMap<String, i64>>,
+    /// Since when checkpoints cannot be recorded (the store is locked, its
+    /// disk full, its server away): said once, and once when it is over.
+    unwritable: Cell<Option<std::time::Instant>>,
     me: Weak<Inner>,
 }
 
@@ -99,6 +102,7 @@ impl Inner {
             families: RefCell::default(),
             held: RefCell::default(),
             epochs: RefCell::default(),
+            unwritable: Cell::new(None),
             me: me.clone(),
         })
     }
@@ -127,11 +131,16 @@ impl Inner {
                         false
                     }
                     Ok(false) => true,
-                    // The store cannot be reached: once the lease may have
-                    // run out, another engine may drive our processes.
+                    // A shared store cannot be reached: once the lease may
+                    // have run out, another engine may drive our processes.
+                    // A local one that cannot be written (locked, disk full)
+                    // cannot be by any other engine either: this one goes on,
+                    // and learns at its next heartbeat whether it was
+                    // superseded meanwhile.
                     Err(e) => {
-                        tracing::warn!(engine = %engine, error = %e, "heartbeat failed");
-                        renewed.elapsed() >= lease
+                        let expired = !store.is_local() && renewed.elapsed() >= lease;
+                        tracing::warn!(engine = %engine, error = %e, "cannot renew this engine's lease; trying again");
+                        expired
                     }
                 };
                 if expired {
@@ -389,7 +398,15 @@ impl Inner {
                 fence: Some(Fence { owner: self.identity.id.clone(), epoch }),
             };
             match self.store.commit_record(id, record).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(since) = self.unwritable.take() {
+                        tracing::warn!(
+                            "the store records checkpoints again, after {:.1} s; the processes that waited go on",
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    break;
+                }
                 Err(StoreError::Fenced(_) | StoreError::Unknown(_)) => {
                     tracing::warn!(process = %id, "another engine drives this process now; this one stops driving it");
                     self.handles.borrow_mut().remove(id);
@@ -403,7 +420,18 @@ impl Inner {
                     children.retain(|c| c.id != child);
                 }
                 Err(e) => {
-                    tracing::warn!(process = %id, error = %e, ?delay, "cannot record a checkpoint; trying again");
+                    // Each waits here, holding its step: nothing it would do
+                    // next happens before its state is recorded.
+                    if self.unwritable.get().is_none() {
+                        self.unwritable.set(Some(std::time::Instant::now()));
+                        tracing::warn!(
+                            process = %id,
+                            error = %e,
+                            "cannot record a checkpoint; every process waits for the store, trying again"
+                        );
+                    } else {
+                        tracing::debug!(process = %id, error = %e, ?delay, "cannot record a checkpoint; trying again");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }

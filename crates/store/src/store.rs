@@ -450,7 +450,9 @@ impl Store {
         let db_err = |e: sqlx::Error| StoreError::Db { location: location.clone(), message: e.to_string() };
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            // A server that is away is said soon (each write waits, tries
+            // again and says so), well within an engine's lease.
+            .acquire_timeout(Duration::from_secs(3))
             .connect(url)
             .await
             .map_err(db_err)?;
@@ -605,6 +607,20 @@ impl Store {
         }
     }
 
+    /// Supersedes, for engine `$2` taking over, the other engines of pool
+    /// `$1` whose lease expired and that own work (an unfinished process, or
+    /// a terminal one with work left): none of them renews its lease again
+    /// (see [`heartbeat`](Self::heartbeat)). Run in the transaction that
+    /// takes their processes over, before it.
+    fn supersede_sql(&self) -> String {
+        let now = self.now_sql();
+        format!(
+            "UPDATE drover_engines SET lease_until = -1
+             WHERE pool = $1 AND id <> $2 AND lease_until > 0 AND lease_until < {now}
+             AND EXISTS (SELECT 1 FROM processes p WHERE p.owner = drover_engines.id AND (NOT p.terminal OR p.pending_work))"
+        )
+    }
+
     /// Registers engine `id` (or renews it, if it registered before) with a
     /// lease of `lease_ms` from the database's clock now.
     ///
@@ -633,15 +649,19 @@ impl Store {
     }
 
     /// Renews engine `id`'s lease for `lease_ms` from the database's clock
-    /// now, if it still holds: `false` when it had expired (others may have
-    /// claimed its processes; the engine must stop driving them).
+    /// now, unless it was released or superseded: `false` then (another
+    /// engine took, or may take, its processes; it must stop driving them).
+    /// A lease that merely ran out, while the store could not be written (a
+    /// lock, a full disk), is renewed: nobody used its expiry, since taking
+    /// over an expired engine's processes or places supersedes it first (in
+    /// the same transaction).
     ///
     /// # Errors
     ///
     /// [`StoreError::Db`].
     pub async fn heartbeat(&self, id: &str, lease_ms: i64) -> Result<bool, StoreError> {
         let now = self.now_sql();
-        let sql = format!("UPDATE drover_engines SET lease_until = {now} + $1 WHERE id = $2 AND lease_until >= {now}");
+        let sql = format!("UPDATE drover_engines SET lease_until = {now} + $1 WHERE id = $2 AND lease_until > 0");
         let updated = on_db!(&self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_ms).bind(id).execute(pool).await.map_err(|e| self.db_err(e))?.rows_affected()
         });
@@ -732,8 +752,10 @@ impl Store {
              ) RETURNING {COLS}"
         );
         let db_err = |e: sqlx::Error| self.db_err(e);
+        let supersede = self.supersede_sql();
         let mut claimed: Vec<StoredProcess> = on_db!(&self.db, db => {
             let mut tx = db.begin().await.map_err(db_err)?;
+            sqlx::query(sqlx::AssertSqlSafe(supersede)).bind(pool).bind(owner).execute(&mut *tx).await.map_err(db_err)?;
             let mut claimed: Vec<StoredProcess> = sqlx::query(sqlx::AssertSqlSafe(roots_sql))
                 .bind(owner).bind(limit).bind(pool).fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(process).collect();
             // Their unfinished descendants, with them.
@@ -784,8 +806,14 @@ impl Store {
                 ORDER BY p.created_at, p.id {lock}
              ) RETURNING {COLS}"
         );
+        let supersede = self.supersede_sql();
+        let db_err = |e: sqlx::Error| self.db_err(e);
         Ok(on_db!(&self.db, db => {
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner).bind(pool).fetch_all(db).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
+            let mut tx = db.begin().await.map_err(db_err)?;
+            sqlx::query(sqlx::AssertSqlSafe(supersede)).bind(pool).bind(owner).execute(&mut *tx).await.map_err(db_err)?;
+            let claimed = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner).bind(pool).fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(process).collect();
+            tx.commit().await.map_err(db_err)?;
+            claimed
         }))
     }
 
@@ -803,7 +831,13 @@ impl Store {
              WHERE drover_leases.owner = excluded.owner
                 OR NOT EXISTS (SELECT 1 FROM drover_engines e WHERE e.id = drover_leases.owner AND e.lease_until >= {now})"
         );
+        // The expired holder is superseded before its place is taken.
+        let supersede = format!(
+            "UPDATE drover_engines SET lease_until = -1 WHERE id <> $2 AND lease_until > 0 AND lease_until < {now}
+             AND id = (SELECT owner FROM drover_leases WHERE name = $1)"
+        );
         Ok(on_db!(&self.db, db => {
+            sqlx::query(sqlx::AssertSqlSafe(supersede)).bind(name).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?;
             sqlx::query(sqlx::AssertSqlSafe(take)).bind(name).bind(owner).execute(db).await.map_err(|e| self.db_err(e))?;
             sqlx::query("SELECT owner FROM drover_leases WHERE name = $1").bind(name).fetch_one(db).await.map_err(|e| self.db_err(e))?.get::<String, _>(0)
         }))
@@ -963,6 +997,14 @@ impl Store {
     /// Where the store is (a PostgreSQL URL without its password).
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Whether the store is a file on this machine (SQLite): then no engine
+    /// elsewhere can write to it while this one cannot, so an engine that
+    /// cannot renew its lease for a while (a lock, a full disk) has lost
+    /// nothing to another (see [`heartbeat`](Self::heartbeat)).
+    pub fn is_local(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
     }
 }
 

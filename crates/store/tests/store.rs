@@ -328,3 +328,47 @@ async fn postgres_messages_never_show_the_password() {
     assert!(!e.to_string().contains(password), "{e}");
     assert!(e.to_string().contains("no_such_database"), "{e}");
 }
+
+/// A lease that ran out while nobody used its expiry (the store could not be
+/// written, say) is renewed; one whose processes or place another engine
+/// took is not, nor a released one.
+async fn a_lease_revives_unless_another_engine_took_over(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&backend, dir.path()).await;
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    let mut p = new_process(&unique("p"));
+    p.owner = Some(a.clone());
+    let p_id = p.id.clone();
+    store.insert(p).await.unwrap();
+    store.register_engine(&a, "h", 1, "daemon", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.heartbeat(&a, 60_000).await.unwrap(), "a lease that ran out unused is renewed");
+    // It runs out again, and another engine of the pool claims its process.
+    store.register_engine(&a, "h", 1, "daemon", 1).await.unwrap();
+    store.register_engine(&b, "h", 2, "daemon", 60_000).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let claimed = store.claim(&b, "daemon", 10, false).await.unwrap();
+    assert!(claimed.iter().any(|q| q.id == p_id), "{claimed:?}");
+    assert!(!store.heartbeat(&a, 60_000).await.unwrap(), "a superseded engine renewed its lease");
+    // A place taken from an expired holder supersedes it too.
+    let place = unique("scheduler:x");
+    store.register_engine(&c, "h", 3, "daemon", 1).await.unwrap();
+    assert_eq!(store.acquire(&place, &c).await.unwrap(), c);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.acquire(&place, &b).await.unwrap(), b);
+    assert!(!store.heartbeat(&c, 60_000).await.unwrap(), "an engine whose place was taken renewed its lease");
+    // A released engine stays released.
+    assert!(store.heartbeat(&b, 60_000).await.unwrap());
+    store.release_engine(&b).await.unwrap();
+    assert!(!store.heartbeat(&b, 60_000).await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_a_lease_revives_unless_another_engine_took_over() {
+    a_lease_revives_unless_another_engine_took_over(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_lease_revives_unless_another_engine_took_over() {
+    a_lease_revives_unless_another_engine_took_over(Backend::Postgres).await;
+}
