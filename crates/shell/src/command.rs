@@ -102,18 +102,26 @@ pub(crate) fn start(spec: &ShellSpec) -> Result<Started, StartError> {
 /// between (an older drover's supervisor made a directory of that name, which
 /// fails the same way). Only shell builtins: the command is the one other
 /// program it runs, and the record the one file it makes. Each line is one
-/// `echo`, one `write`; a reader takes only whole lines.
+/// `echo`, one `write`; a reader takes only whole lines. A record it made
+/// but cannot write its pid in (a full disk) it removes again, with `rm`,
+/// the one program it may run besides the command, then only: the command
+/// has not run, and it may be started again.
 const SUPERVISOR: &str = r#"r=$0
 set -C
-echo $$ 2>/dev/null >"$r" || exit 97
+: 2>/dev/null >"$r" || exit 97
 set +C
+echo $$ 2>/dev/null >>"$r" || { rm -f "$r"; exit 96; }
 "$@"
 code=$?
 echo $code >>"$r"
 exit $code"#;
 
-/// The exit status of a supervisor that found its command already started.
+/// The exit status of a supervisor that found its command already started
+/// (or could not create its record: then there is none).
 pub(crate) const ALREADY_STARTED: i32 = 97;
+
+/// The exit status of a supervisor that could not write its record.
+pub(crate) const UNRECORDED: i32 = 96;
 
 /// Starts the child described by `spec` under a supervisor that records its
 /// pid and exit code in the file `run_dir`, so that it can be re-attached

@@ -108,6 +108,10 @@ enum Leader {
     Adopted { pid: u32, identity: ProcessIdentity },
 }
 
+/// How long a durable process waits before it starts again a command its
+/// supervisor could not record.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+
 /// How a leader ended.
 enum Exit {
     Status(ExitStatus),
@@ -423,7 +427,25 @@ impl ShellProcess {
             }
         })
         .await;
+        // A supervisor that exits as if its record were taken, or as if it
+        // could not write it, and left no record, never ran the command (a
+        // full disk, no inode left): it is started again, after a while.
+        let unrecorded = |status: &ExitStatus| {
+            matches!(status.code(), Some(command::ALREADY_STARTED | command::UNRECORDED))
+                && run_dir.as_deref().is_some_and(|r| std::fs::symlink_metadata(r).is_err())
+        };
         self.state = match exited {
+            Some(Ok(Exit::Status(status))) if unrecorded(&status) => {
+                run.end_group();
+                self.run = None;
+                tracing::warn!(
+                    record = %run_dir.as_deref().unwrap_or(Path::new("")).display(),
+                    "cannot make the supervisor's record (is the disk full?): the command did not run; starting it again in {RESTART_AFTER:?}"
+                );
+                interruptible(tokio::time::sleep(RESTART_AFTER)).await;
+                self.state = ShellState::Starting;
+                return;
+            }
             Some(Ok(Exit::Status(status))) => {
                 run.end_group();
                 exit_state(status, run.ran_for())
