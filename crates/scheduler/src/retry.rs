@@ -40,10 +40,27 @@ impl From<PollError> for Failure {
     }
 }
 
-/// Runs `op` as [`drover_core::retrying`] does, retrying transient failures.
-pub(crate) async fn retrying<T, Fut>(policy: RetryPolicy, op: impl FnMut() -> Fut) -> Result<T, Failure>
+/// Runs `op` as [`drover_core::retrying`] does, retrying transient failures,
+/// each said as a warning (an unreachable computer is said while it lasts).
+pub(crate) async fn retrying<T, Fut>(policy: RetryPolicy, mut op: impl FnMut() -> Fut) -> Result<T, Failure>
 where
     Fut: Future<Output = Result<T, Failure>>,
 {
-    drover_core::retrying(policy, |f: &Failure| f.transient, op).await
+    drover_core::retrying(
+        policy,
+        |f: &Failure| f.transient,
+        || {
+            let attempt = op();
+            async move {
+                let result = attempt.await;
+                if let Err(f) = &result
+                    && f.transient
+                {
+                    tracing::warn!(error = %f.message, "trying again");
+                }
+                result
+            }
+        },
+    )
+    .await
 }

@@ -38,6 +38,17 @@ pub enum TransportError {
         /// What went wrong.
         message: String,
     },
+    /// The local copy of a remote file could not be written (this machine's
+    /// disk).
+    #[error("writing `{}`: {message}", path.display())]
+    LocalWrite {
+        /// The local file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+        /// Whether it was for want of space (or quota): that may pass.
+        no_space: bool,
+    },
     /// A file operation failed on a reachable computer.
     #[error("{op} `{path}` on {host}: {message}")]
     File {
@@ -55,7 +66,12 @@ pub enum TransportError {
 impl TransportError {
     /// Whether trying again later may work.
     pub fn is_transient(&self) -> bool {
-        matches!(self, TransportError::Unreachable { .. })
+        match self {
+            TransportError::Unreachable { .. } => true,
+            // A full disk (or quota) here may be made room on.
+            TransportError::LocalWrite { no_space, .. } => *no_space,
+            _ => false,
+        }
     }
 }
 
@@ -167,25 +183,79 @@ fn check_retrievable(regular: bool, len: u64, limit: u64) -> std::io::Result<()>
     Ok(())
 }
 
-/// Copies `source` into a new file `local`, at most `limit` bytes: one that
-/// has more is cut, removed, and refused.
+/// Why a copy failed: its source could not be read (a connection that
+/// broke), its target not written (this machine's disk), or the source was
+/// larger than the limit.
+#[derive(Debug)]
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+    TooBig(u64),
+}
+
+impl CopyError {
+    /// As a transport's error, the source's being `remote` on `host`, the
+    /// target `local`; `read` says what a failed read means.
+    fn into_transport(
+        self,
+        host: &str,
+        remote: &str,
+        local: &Path,
+        read: impl FnOnce(std::io::Error) -> TransportError,
+    ) -> TransportError {
+        match self {
+            CopyError::Read(e) => read(e),
+            CopyError::Write(e) => TransportError::LocalWrite {
+                path: local.to_owned(),
+                no_space: matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+                message: e.to_string(),
+            },
+            CopyError::TooBig(limit) => file_error(
+                host,
+                "copying from",
+                remote,
+                format!(
+                    "it grew past the {limit} bytes left of the job's retrieval limit while it was copied: not retrieved"
+                ),
+            ),
+        }
+    }
+}
+
+/// Copies `source` into a new file `local`, refusing more than `limit`
+/// bytes; an unfinished copy is removed (a retry starts it again whole).
 async fn copy_capped(
-    source: impl tokio::io::AsyncRead + Unpin,
+    mut source: impl tokio::io::AsyncRead + Unpin,
     local: &Path,
     limit: u64,
-) -> std::io::Result<Option<u64>> {
-    use tokio::io::AsyncReadExt;
-    let mut target = tokio::fs::File::create(local).await?;
-    let copied = tokio::io::copy(&mut source.take(limit.saturating_add(1)), &mut target).await?;
-    if copied > limit {
-        drop(target);
-        let _ = tokio::fs::remove_file(local).await;
-        return Err(std::io::Error::other(format!(
-            "it grew past the {limit} bytes left of the job's retrieval limit while it was copied: not retrieved"
-        )));
+) -> Result<Option<u64>, CopyError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let copied = async {
+        let mut target = tokio::fs::File::create(local).await.map_err(CopyError::Write)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut copied: u64 = 0;
+        loop {
+            let n = source.read(&mut buf).await.map_err(CopyError::Read)?;
+            if n == 0 {
+                break;
+            }
+            copied += n as u64;
+            if copied > limit {
+                return Err(CopyError::TooBig(limit));
+            }
+            target.write_all(&buf[..n]).await.map_err(CopyError::Write)?;
+        }
+        target.flush().await.map_err(CopyError::Write)?;
+        Ok(copied)
     }
-    target.flush().await?;
-    Ok(Some(copied))
+    .await;
+    match copied {
+        Ok(copied) => Ok(Some(copied)),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(local).await;
+            Err(e)
+        }
+    }
 }
 
 fn file_error(host: &str, op: &'static str, path: &str, e: impl std::fmt::Display) -> TransportError {
@@ -233,7 +303,7 @@ impl Transport for Local {
         let source = options.open(&path).await.map_err(refuse)?;
         let meta = source.metadata().await.map_err(refuse)?;
         check_retrievable(meta.is_file(), meta.len(), limit).map_err(refuse)?;
-        copy_capped(source, local, limit).await.map_err(|e| file_error("localhost", "copying from", remote, e))
+        copy_capped(source, local, limit).await.map_err(|e| e.into_transport("localhost", remote, local, refuse))
     }
 
     fn reachable(&self) -> bool {
@@ -547,13 +617,13 @@ impl Transport for Ssh {
             Err(e) => return Err(self.sftp_error("opening", remote, e).await),
         };
         let source = Box::pin(TokioCompatFile::new(file));
-        copy_capped(source, local, limit).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::Other {
-                file_error(&host, "copying from", remote, e)
-            } else {
-                self.unreachable(format!("reading `{remote}`: {e}"))
-            }
-        })
+        // A read that fails once the file is open is the connection's
+        // failure: it is forgotten, and the next try connects again.
+        match copy_capped(source, local, limit).await {
+            Ok(copied) => Ok(copied),
+            Err(CopyError::Read(e)) => Err(self.broken(format!("reading `{remote}`: {e}")).await),
+            Err(e) => Err(e.into_transport(&host, remote, local, |e| self.unreachable(e))),
+        }
     }
 
     fn reachable(&self) -> bool {
