@@ -337,6 +337,14 @@ fn run(
     resume: Option<String>,
 ) -> ExitCode {
     let started = Instant::now();
+    // What holds the run up (a store it cannot write, a cluster it cannot
+    // reach) is said on standard error as it happens.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(tracing::Level::WARN)
+        .init();
     if let Some(run) = &resume
         && (run.is_empty() || !run.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     {
