@@ -4,17 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy, WatchEvent, WatchParams};
 use kube::{Client, Config};
 use tokio::sync::watch;
 
-use crate::spec::{MANAGED_BY, OBJECT_LABEL};
+use crate::spec::{COLLECT_AFTER_LABEL, MANAGED_BY, OBJECT_LABEL};
 
 /// How long the objects of ended jobs are kept (for `kubectl logs` and
 /// post-mortems) before drover deletes them, by default.
@@ -36,6 +36,10 @@ pub struct RequestStats {
     pub lists: AtomicU64,
     /// Watch (re)connections of the shared watches.
     pub watches: AtomicU64,
+    /// Marks of ended objects for collection (one per ended object).
+    pub marks: AtomicU64,
+    /// Lists of the janitor's sweeps (pods and Jobs marked for collection).
+    pub sweeps: AtomicU64,
 }
 
 impl RequestStats {
@@ -45,6 +49,7 @@ impl RequestStats {
             + self.gets.load(Ordering::Relaxed)
             + self.deletes.load(Ordering::Relaxed)
             + self.logs.load(Ordering::Relaxed)
+            + self.marks.load(Ordering::Relaxed)
     }
 }
 
@@ -107,6 +112,12 @@ pub struct Cloud {
     /// Ended objects the janitor is to delete later: namespace and name, and
     /// whether it is a Job.
     later: Later,
+    /// The namespaces the janitor sweeps.
+    sweeping: Mutex<std::collections::HashSet<String>>,
+    /// When this `Cloud` was made: its sweeps wait `cleanup_after` from then,
+    /// so that the processes an engine restores follow their objects first.
+    made: tokio::time::Instant,
+    me: Weak<Cloud>,
 }
 
 type Later = Arc<Mutex<std::collections::HashSet<(String, String, bool)>>>;
@@ -174,7 +185,9 @@ impl Cloud {
             config.default_namespace = ns.clone();
         }
         config.read_timeout = Some(Duration::from_secs(30));
-        Cloud::from_config(config, settings.cleanup_after)
+        let cloud = Cloud::from_config(config, settings.cleanup_after)?;
+        cloud.sweep_later(cloud.default_namespace());
+        Ok(cloud)
     }
 
     /// A cluster from the configuration `kubectl` would use: `$KUBECONFIG`
@@ -189,7 +202,9 @@ impl Cloud {
         // A request that hangs must not hold a process: every call ends within
         // this time (the watches use a client of their own, without it).
         config.read_timeout = Some(Duration::from_secs(30));
-        Cloud::from_config(config, cleanup_after)
+        let cloud = Cloud::from_config(config, cleanup_after)?;
+        cloud.sweep_later(cloud.default_namespace());
+        Ok(cloud)
     }
 
     /// A cluster from an explicit configuration.
@@ -203,7 +218,7 @@ impl Cloud {
         watch_config.read_timeout = None;
         let client = Client::try_from(config).map_err(|e| CloudError::Config(e.to_string()))?;
         let watch_client = Client::try_from(watch_config).map_err(|e| CloudError::Config(e.to_string()))?;
-        Ok(Arc::new(Cloud {
+        Ok(Arc::new_cyclic(|me| Cloud {
             client,
             watch_client,
             namespace,
@@ -213,7 +228,78 @@ impl Cloud {
             deleting: Arc::default(),
             watch_timeout: Arc::new(AtomicU32::new(DEFAULT_WATCH_TIMEOUT_SECS)),
             later: Arc::default(),
+            sweeping: Mutex::default(),
+            made: tokio::time::Instant::now(),
+            me: me.clone(),
         }))
+    }
+
+    /// Starts the janitor's sweeps of `namespace` (once per namespace): every
+    /// `cleanup_after` (at least a minute), from `cleanup_after` after this
+    /// `Cloud` was made, it deletes the objects marked for collection whose
+    /// time passed and that no process of this `Cloud` follows, whichever
+    /// engine marked them: so the janitor's work survives a restart (or a
+    /// crash) of the engine that marked them. Sweeps end with the `Cloud`.
+    /// Needs a tokio runtime.
+    pub fn sweep_later(&self, namespace: &str) {
+        if !self.sweeping.lock().expect("not poisoned").insert(namespace.to_owned()) {
+            return;
+        }
+        let (me, namespace) = (self.me.clone(), namespace.to_owned());
+        let (first, every) = (self.made + self.cleanup_after, self.cleanup_after.max(Duration::from_secs(60)));
+        tokio::spawn(async move {
+            tokio::time::sleep_until(first).await;
+            loop {
+                let Some(cloud) = me.upgrade() else { return };
+                cloud.sweep(&namespace).await;
+                drop(cloud);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Deletes, in `namespace`, the objects marked for collection whose time
+    /// passed and that no process of this `Cloud` follows; returns how many.
+    /// One the API refuses stays for the next sweep.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: what it did not delete, the next sweep does.
+    pub async fn sweep(&self, namespace: &str) -> usize {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let params = ListParams::default().labels(&format!("{},{COLLECT_AFTER_LABEL}", selector()));
+        let due = |meta: &kube::api::ObjectMeta| {
+            let labels = meta.labels.as_ref()?;
+            let at: u64 = labels.get(COLLECT_AFTER_LABEL)?.parse().ok()?;
+            let object = labels.get(OBJECT_LABEL)?;
+            (at <= now && !self.followed(namespace, object)).then(|| meta.name.clone()).flatten()
+        };
+        let mut doomed: Vec<(String, bool)> = Vec::new();
+        self.stats.sweeps.fetch_add(2, Ordering::Relaxed);
+        match Api::<Pod>::namespaced(self.client.clone(), namespace).list(&params).await {
+            Ok(pods) => doomed.extend(pods.items.iter().filter_map(|p| due(&p.metadata)).map(|n| (n, false))),
+            Err(e) => tracing::warn!(namespace, error = %e, "the janitor cannot list ended pods"),
+        }
+        match Api::<Job>::namespaced(self.client.clone(), namespace).list(&params).await {
+            Ok(jobs) => doomed.extend(jobs.items.iter().filter_map(|j| due(&j.metadata)).map(|n| (n, true))),
+            Err(e) => tracing::warn!(namespace, error = %e, "the janitor cannot list ended Jobs"),
+        }
+        let mut deleted = 0;
+        for (name, job) in doomed {
+            match self.delete(namespace, &name, job).await {
+                Ok(()) => deleted += 1,
+                Err(e) => tracing::warn!(object = %name, error = %e, "cannot clean up an ended object"),
+            }
+        }
+        deleted
+    }
+
+    /// Whether a process of this `Cloud` follows object `name` now.
+    fn followed(&self, namespace: &str, name: &str) -> bool {
+        let watches = self.watches.lock().expect("not poisoned");
+        watches
+            .get(namespace)
+            .is_some_and(|w| w.senders.lock().expect("not poisoned").get(name).is_some_and(|s| s.receiver_count() > 0))
     }
 
     /// Makes the server end each watch request after `secs` seconds (then
@@ -271,6 +357,7 @@ impl Cloud {
             }
         }
         shared.ours.lock().expect("not poisoned").insert(name.to_owned());
+        self.sweep_later(namespace);
         let mut senders = shared.senders.lock().expect("not poisoned");
         senders.entry(name.to_owned()).or_insert_with(|| watch::channel(Observed::default()).0).subscribe()
     }
@@ -440,6 +527,31 @@ impl Runner {
         }
     }
 
+    /// Labels the ended object `name` with the time it may be deleted:
+    /// `cleanup_after` from now.
+    async fn mark(&self, name: &str, job: bool) -> Result<(), kube::Error> {
+        self.stats.marks.fetch_add(1, Ordering::Relaxed);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+            + self.cleanup_after.as_secs();
+        let patch =
+            Patch::Merge(serde_json::json!({ "metadata": { "labels": { COLLECT_AFTER_LABEL: at.to_string() } } }));
+        let result = if job {
+            Api::<Job>::namespaced(self.client.clone(), &self.namespace)
+                .patch(name, &PatchParams::default(), &patch)
+                .await
+                .map(|_| ())
+        } else {
+            Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+                .patch(name, &PatchParams::default(), &patch)
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     /// Deletes an ended object after `cleanup_after`, counted from now, if
     /// it is one this `Cloud` followed.
     fn clean_up_later(self: &Arc<Self>, name: String, job: bool, ours: Ours) {
@@ -447,6 +559,11 @@ impl Runner {
         let key = (self.namespace.clone(), name.clone(), job);
         self.later.lock().expect("not poisoned").insert(key.clone());
         tokio::spawn(async move {
+            // Marked in the cluster first: should this engine stop before the
+            // time comes, any engine's sweep deletes it then.
+            if let Err(e) = runner.mark(&name, job).await {
+                tracing::warn!(object = %name, error = %e, "cannot mark an ended object for collection");
+            }
             tokio::time::sleep(runner.cleanup_after).await;
             runner.later.lock().expect("not poisoned").remove(&key);
             if !ours.lock().expect("not poisoned").remove(&name) {

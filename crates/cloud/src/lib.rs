@@ -43,4 +43,6 @@ pub use drover_core::RetryPolicy;
 pub use kind::{CloudEnv, CloudJob, CloudKind, settings};
 pub use kube::Config;
 pub use process::{CloudProcess, CloudState};
-pub use spec::{CloudSpec, InvalidSpec, MANAGED_BY, OBJECT_LABEL, PROCESS_ANNOTATION, Quantities, object_name};
+pub use spec::{
+    COLLECT_AFTER_LABEL, CloudSpec, InvalidSpec, MANAGED_BY, OBJECT_LABEL, PROCESS_ANNOTATION, Quantities, object_name,
+};

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "drover");
 /// The label that names the object a pod belongs to (the pod itself, or its Job).
 pub const OBJECT_LABEL: &str = "drover.io/object";
+/// The label the janitor puts on an ended object: when (Unix seconds) it may
+/// be deleted. Kept in the cluster, it outlives the engine that put it
+/// there: any engine's janitor deletes such an object once the time passed
+/// and no process follows it.
+pub const COLLECT_AFTER_LABEL: &str = "drover.io/collect-after";
 /// The annotation that holds the process id in full (label values are limited
 /// to 63 characters).
 pub const PROCESS_ANNOTATION: &str = "drover.io/process-id";
@@ -113,7 +118,7 @@ impl CloudSpec {
             }
         }
         for key in self.labels.keys() {
-            if key == MANAGED_BY.0 || key == OBJECT_LABEL {
+            if key == MANAGED_BY.0 || key == OBJECT_LABEL || key == COLLECT_AFTER_LABEL {
                 return Err(invalid("labels", format!("`{key}` is set by drover")));
             }
         }

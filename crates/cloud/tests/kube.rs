@@ -345,3 +345,59 @@ async fn an_image_that_cannot_be_pulled_fails_and_a_pod_deleted_while_paused_is_
         })
         .await;
 }
+
+/// The janitor marks an ended pod in the cluster before it waits: an engine
+/// that dies before the time comes (here: its runtime, timers and all, shut
+/// down) leaves the mark, and another engine's sweep deletes the pod then.
+#[tokio::test]
+async fn the_janitor_s_work_survives_the_engine_that_marked_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = kube_client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let id = unique("orphan");
+    let name = object_name(&id);
+    // The first engine, on a runtime of its own: runs the pod to its end and
+    // marks it, to be deleted 2 s later; then it is gone, timers and all.
+    let first = {
+        let (spec, name) = (spec(&id, dir.path()), name.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let local = LocalSet::new();
+            local.block_on(&rt, async {
+                // A client of its own: one made on another runtime needs that one.
+                let client = kube_client().await;
+                let cloud = cloud(Duration::from_secs(2)).await;
+                let p = spawn_owned(&local, CloudProcess::new(spec, cloud.clone()), DriveMode::FireAndForget);
+                p.try_nudge().unwrap();
+                wait_bound(&client, "default", &name).await;
+                run(&client, "default", &name).await.unwrap();
+                finish(&client, "default", &name, 0, "Completed").await.unwrap();
+                assert!(matches!(p.join().await.unwrap().state(), CloudState::Finished { exit_code: 0, .. }));
+                let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+                for _ in 0..100 {
+                    let labels = pods.get(&name).await.unwrap().metadata.labels.unwrap_or_default();
+                    if labels.contains_key(drover_cloud::COLLECT_AFTER_LABEL) {
+                        return cloud.stats().marks.load(std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("the ended pod was not marked for collection");
+            })
+        })
+    };
+    assert_eq!(first.join().unwrap(), 1, "one mark");
+    // A later engine, which never followed the pod: its sweep leaves it
+    // until its time, then deletes it.
+    let later = cloud(Duration::from_secs(600)).await;
+    assert_eq!(later.sweep("default").await, 0, "swept before its time");
+    assert!(pods.get_opt(&name).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut swept = 0;
+    while pods.get_opt(&name).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the marked pod outlived its time");
+        swept += later.sweep("default").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(swept >= 1);
+}
