@@ -2,8 +2,16 @@
 //!
 //! `cargo bench -p drover-core --bench runtime` runs them at full size;
 //! `cargo test` runs this binary with tiny sizes as a smoke test. Name sections
-//! to run only those: `cargo bench -p drover-core --bench runtime -- a b`.
+//! to run only those: `cargo bench -p drover-core --bench runtime -- cold a b`.
 //!
+//! (cold) what a user's program meets, reported first: each figure is taken in
+//!     a fresh child process (this binary re-executed with
+//!     `DROVER_BENCH_CHILD` set), on a fresh current-thread runtime and
+//!     `LocalSet`, on glibc's default heap: spawn + launch + complete of
+//!     seed-style processes against bare `spawn_local` tasks, allocations per
+//!     process, and RSS per process parked waiting for its nudge (from
+//!     `VmRSS`) against parked bare tasks. Warm figures follow in (a) and (b):
+//!     `cargo bench -p drover-core --bench runtime -- cold a b`;
 //! (a) spawn + launch + complete of seed-style add processes against bare
 //!     `spawn_local` tasks and the seed's design as written;
 //! (b) memory per live process waiting for its nudge against bare tasks;
@@ -13,11 +21,12 @@
 //!
 //! Memory is counted by a counting global allocator: live heap bytes, exact.
 //!
-//! Timings are taken on a warm heap: glibc's trimming is turned off and every
+//! Timings in (a)–(e) are taken on a warm heap: glibc's trimming is turned off and every
 //! timed section runs one untimed round first, so that freed memory is reused
 //! instead of being handed back to the kernel and faulted in again. On a cold
 //! heap page faults dominate every variant alike (bare tasks included) and hide
 //! what the runtime itself costs; a long-running engine runs on a warm heap.
+//! The cold section measures that cold start on purpose.
 
 #![allow(missing_docs, unsafe_code)]
 
@@ -36,11 +45,13 @@ use tokio::task::LocalSet;
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator and only counts bytes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -62,6 +73,10 @@ static GLOBAL: Counting = Counting;
 
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
+}
+
+fn allocs() -> usize {
+    ALLOCS.load(Ordering::Relaxed)
 }
 
 // --- the seed's add process --------------------------------------------------
@@ -285,6 +300,11 @@ struct Sizes {
 }
 
 fn main() {
+    // A child of the cold section runs one measurement on a fresh heap.
+    if let Ok(what) = std::env::var(CHILD) {
+        cold_child(&what);
+        return;
+    }
     let full = std::env::args().any(|a| a == "--bench");
     // SAFETY: mallopt only tunes glibc's allocator; it is called before any
     // other thread exists.
@@ -306,13 +326,201 @@ fn main() {
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |section: &str| only.is_empty() || only.iter().any(|a| a == section);
     type Section = (&'static str, fn(&Sizes));
-    let sections: [Section; 5] =
-        [("a", throughput), ("b", memory), ("c", step_round_trip), ("d", kill_latency), ("e", pool)];
+    let sections: [Section; 6] =
+        [("cold", cold), ("a", throughput), ("b", memory), ("c", step_round_trip), ("d", kill_latency), ("e", pool)];
     for (name, bench) in sections {
         if run(name) {
             bench(&sizes);
         }
     }
+}
+
+// --- the workloads (a), (b) and the cold section share ---------------------------
+
+/// `n` bare tasks, each computing an add, spawned, then awaited.
+async fn bare_adds(local: &LocalSet, n: usize) {
+    let handles: Vec<_> = (0..n as i32)
+        .map(|i| {
+            local.spawn_local(async move {
+                let add = AddProc::new(i, 4);
+                black_box(add.inp1 + add.inp2)
+            })
+        })
+        .collect();
+    for h in handles {
+        black_box(h.await.unwrap());
+    }
+}
+
+/// `n` seed-style add processes (`Rc<Mutex<P>>`), each launched as it is
+/// spawned, as a user launches one, then awaited.
+async fn seed_adds(local: &LocalSet, n: usize) {
+    let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
+    let handlers: Vec<_> = procs
+        .iter()
+        .map(|p| {
+            let h = spawn(local, p, DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            h
+        })
+        .collect();
+    for h in handlers {
+        h.until_completion().await;
+    }
+    assert!(procs.iter().all(|p| p.try_lock().unwrap().output.is_some()));
+}
+
+/// `n` bare tasks that wait for a nudge, with their handles.
+fn park_bare(local: &LocalSet, n: usize, nudge: &tokio::sync::broadcast::Sender<()>) -> Box<dyn std::any::Any> {
+    let handles: Vec<_> = (0..n as i32)
+        .map(|i| {
+            let mut nudge = nudge.subscribe();
+            local.spawn_local(async move {
+                let _ = nudge.recv().await;
+                let add = AddProc::new(i, 4);
+                black_box(add.inp1 + add.inp2)
+            })
+        })
+        .collect();
+    Box::new(handles)
+}
+
+/// `n` seed-style add processes that wait for their nudge, with their handlers.
+fn park_seed(local: &LocalSet, n: usize) -> Box<dyn std::any::Any> {
+    let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
+    let handlers: Vec<_> = procs.iter().map(|p| spawn(local, p, DriveMode::FireAndForget)).collect();
+    Box::new((procs, handlers))
+}
+
+// --- (cold) --------------------------------------------------------------------
+
+/// The variable that makes this binary a child of the cold section:
+/// `VARIANT:N`.
+const CHILD: &str = "DROVER_BENCH_CHILD";
+
+/// What a child measured.
+struct ColdFigures {
+    secs: f64,
+    allocs: f64,
+    rss: f64,
+    heap: f64,
+}
+
+/// Runs one cold measurement in a fresh process: this binary, re-executed.
+#[allow(clippy::disallowed_methods, reason = "the bench re-executes itself, no external command")]
+fn in_child(variant: &str, n: usize) -> ColdFigures {
+    let exe = std::env::current_exe().expect("the bench binary's path");
+    let out = std::process::Command::new(exe)
+        .env(CHILD, format!("{variant}:{n}"))
+        .output()
+        .expect("re-executing the bench binary");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cold child {variant} failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("cold child {variant} printed no {name}: {text}"))
+    };
+    ColdFigures { secs: field("secs"), allocs: field("allocs"), rss: field("rss"), heap: field("heap") }
+}
+
+/// The resident set of this process, in bytes.
+fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+/// The child's side: one variant, `n` processes (or tasks), on glibc's
+/// default heap, and one line of `name=value` figures per process.
+fn cold_child(what: &str) {
+    let (variant, n) = what.split_once(':').expect("VARIANT:N");
+    let n: usize = n.parse().expect("a count");
+    let rt = runtime();
+    let local = Rc::new(LocalSet::new());
+    let (rss0, heap0, allocs0) = (rss(), live(), allocs());
+    let started = Instant::now();
+    match variant {
+        "bare" => local.block_on(&rt, bare_adds(&local, n)),
+        "drover" => local.block_on(&rt, seed_adds(&local, n)),
+        "bare-parked" | "drover-parked" => {
+            let (nudge, _) = tokio::sync::broadcast::channel::<()>(1);
+            let keep: Box<dyn std::any::Any> =
+                if variant == "bare-parked" { park_bare(&local, n, &nudge) } else { park_seed(&local, n) };
+            // Every task has been polled once and parked when the task spawned
+            // after them runs: the LocalSet queue is FIFO.
+            local.block_on(&rt, local.spawn_local(async {})).unwrap();
+            let (rss1, heap1, allocs1) = (rss(), live(), allocs());
+            println!(
+                "secs=0 allocs={} rss={} heap={}",
+                (allocs1 - allocs0) as f64 / n as f64,
+                rss1.saturating_sub(rss0) as f64 / n as f64,
+                (heap1 - heap0) as f64 / n as f64,
+            );
+            drop(keep);
+            return;
+        }
+        other => panic!("no cold variant {other}"),
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "secs={secs} allocs={} rss={} heap=0",
+        (allocs() - allocs0) as f64 / n as f64,
+        rss().saturating_sub(rss0) as f64 / n as f64
+    );
+}
+
+fn cold(sizes: &Sizes) {
+    let n = sizes.procs;
+    let runs = sizes.runs;
+    println!(
+        "(cold) {n} seed-style add processes on a fresh runtime in a fresh process each (best of {runs}, interleaved)"
+    );
+    row("", &["wall".into(), "rate".into(), "allocs each".into(), "vs bare".into()]);
+    let mut best: [Option<ColdFigures>; 2] = [None, None];
+    for _ in 0..runs {
+        for (b, variant) in best.iter_mut().zip(["bare", "drover"]) {
+            let f = in_child(variant, n);
+            if b.as_ref().is_none_or(|b| f.secs < b.secs) {
+                *b = Some(f);
+            }
+        }
+    }
+    let [Some(bare), Some(drover)] = best else { unreachable!() };
+    let labels = ["bare spawn_local tasks", "drover spawn (Rc<Mutex<P>>, seed API)"];
+    for (label, f) in labels.iter().zip([&bare, &drover]) {
+        row(
+            label,
+            &[
+                format!("{:.3} s", f.secs),
+                format!("{:>12.0}/s", n as f64 / f.secs),
+                format!("{:.2}", f.allocs),
+                format!("{:.2}x", f.secs / bare.secs),
+            ],
+        );
+    }
+    println!("  goal: drover within 2.5x of bare");
+    println!("  RSS per process parked waiting for its nudge ({n} parked, fresh process each)");
+    row("", &["RSS each".into(), "heap each".into(), "allocs each".into(), "vs bare".into()]);
+    let bare = in_child("bare-parked", n);
+    let drover = in_child("drover-parked", n);
+    let labels = ["bare spawn_local tasks (await a nudge)", "drover spawn (Rc<Mutex<P>> + handler)"];
+    for (label, f) in labels.iter().zip([&bare, &drover]) {
+        row(
+            label,
+            &[
+                format!("{:.0} B", f.rss),
+                format!("{:.0} B", f.heap),
+                format!("{:.2}", f.allocs),
+                format!("{:.2}x", f.rss / bare.rss),
+            ],
+        );
+    }
+    println!("  goal: drover < 600 B of RSS per parked process\n");
 }
 
 // --- (a) -----------------------------------------------------------------------
@@ -325,39 +533,8 @@ fn throughput(sizes: &Sizes) {
     );
     row("", &["wall".into(), "rate".into(), "per process".into(), "vs bare".into()]);
 
-    let bare = || {
-        timed(|local| async move {
-            let handles: Vec<_> = (0..n as i32)
-                .map(|i| {
-                    local.spawn_local(async move {
-                        let add = AddProc::new(i, 4);
-                        black_box(add.inp1 + add.inp2)
-                    })
-                })
-                .collect();
-            for h in handles {
-                black_box(h.await.unwrap());
-            }
-        })
-    };
-    let shared = || {
-        timed(|local| async move {
-            // Each process is launched as it is spawned, as a user launches one.
-            let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
-            let handlers: Vec<_> = procs
-                .iter()
-                .map(|p| {
-                    let h = spawn(&local, p, DriveMode::FireAndForget);
-                    h.try_nudge().unwrap();
-                    h
-                })
-                .collect();
-            for h in handlers {
-                h.until_completion().await;
-            }
-            assert!(procs.iter().all(|p| p.try_lock().unwrap().output.is_some()));
-        })
-    };
+    let bare = || timed(|local| async move { bare_adds(&local, n).await });
+    let shared = || timed(|local| async move { seed_adds(&local, n).await });
     let owned = || {
         timed(|local| async move {
             let handlers: Vec<_> = (0..n as i32)
@@ -441,24 +618,8 @@ fn memory(sizes: &Sizes) {
     };
 
     let (notify_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let bare = measure("bare spawn_local tasks (await a nudge)", &|local| {
-        let handles: Vec<_> = (0..n as i32)
-            .map(|i| {
-                let mut nudge = notify_tx.subscribe();
-                local.spawn_local(async move {
-                    let _ = nudge.recv().await;
-                    let add = AddProc::new(i, 4);
-                    black_box(add.inp1 + add.inp2)
-                })
-            })
-            .collect();
-        Box::new(handles)
-    });
-    let shared = measure("drover spawn (Rc<Mutex<P>> + handler)", &|local| {
-        let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
-        let handlers: Vec<_> = procs.iter().map(|p| spawn(local, p, DriveMode::FireAndForget)).collect();
-        Box::new((procs, handlers))
-    });
+    let bare = measure("bare spawn_local tasks (await a nudge)", &|local| park_bare(local, n, &notify_tx));
+    let shared = measure("drover spawn (Rc<Mutex<P>> + handler)", &|local| park_seed(local, n));
     let owned = measure("drover spawn_owned (+ handler)", &|local| {
         let handlers: Vec<ProcessHandler<DummyState, AddProc>> =
             (0..n as i32).map(|i| spawn_owned(local, AddProc::new(i, 4), DriveMode::FireAndForget)).collect();
