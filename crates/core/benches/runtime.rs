@@ -385,6 +385,18 @@ fn park_bare(local: &LocalSet, n: usize, nudge: &tokio::sync::broadcast::Sender<
     Box::new(handles)
 }
 
+/// Runs `local` until each of the `n` tasks or processes spawned on it has been
+/// polled and waits: the `LocalSet` queue is FIFO, so each yield lets every
+/// task queued before it run once, and drover's runner polls at least one
+/// process per turn.
+fn park(rt: &tokio::runtime::Runtime, local: &LocalSet, n: usize) {
+    local.block_on(rt, async {
+        for _ in 0..=n {
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
 /// `n` seed-style add processes that wait for their nudge, with their handlers.
 fn park_seed(local: &LocalSet, n: usize) -> Box<dyn std::any::Any> {
     let procs: Vec<_> = (0..n as i32).map(|i| Rc::new(Mutex::new(AddProc::new(i, 4)))).collect();
@@ -451,9 +463,7 @@ fn cold_child(what: &str) {
             let (nudge, _) = tokio::sync::broadcast::channel::<()>(1);
             let keep: Box<dyn std::any::Any> =
                 if variant == "bare-parked" { park_bare(&local, n, &nudge) } else { park_seed(&local, n) };
-            // Every task has been polled once and parked when the task spawned
-            // after them runs: the LocalSet queue is FIFO.
-            local.block_on(&rt, local.spawn_local(async {})).unwrap();
+            park(&rt, &local, n);
             let (rss1, heap1, allocs1) = (rss(), live(), allocs());
             println!(
                 "secs=0 allocs={} rss={} heap={}",
@@ -594,23 +604,11 @@ fn memory(sizes: &Sizes) {
     row("", &["bytes each".into(), "vs bare".into()]);
     let rt = runtime();
 
-    // Every task has been polled once and parked when the sentinel spawned after
-    // them runs: the LocalSet queue is FIFO.
-    let park = |local: &LocalSet| {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        local.spawn_local(async move {
-            let _ = tx.send(());
-        });
-        local.block_on(&rt, async {
-            let _ = rx.await;
-        });
-    };
-
     let measure = |label: &str, spawn_all: &dyn Fn(&LocalSet) -> Box<dyn std::any::Any>| {
         let local = LocalSet::new();
         let before = live();
         let keep = spawn_all(&local);
-        park(&local);
+        park(&rt, &local, n);
         let bytes = (live() - before) as f64 / n as f64;
         drop(keep);
         drop(local);

@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use tokio::task::LocalSet;
 
 use crate::interrupt::{interruptible, poll_marked};
+use crate::runner::{self, Block};
 use crate::shared::{End, Shared};
 use crate::{DriveMode, Process, ProcessHandler, State};
 
@@ -39,8 +40,7 @@ where
         let guard = proc.try_lock().expect("drover::spawn: the process's mutex is locked; release it before spawning");
         prepare(&*guard, drive_mode)
     };
-    local.spawn_local(drive(Borrowed(proc.clone()), AbortGuard(shared.clone()), done));
-    ProcessHandler::new(shared)
+    spawn_host(local, shared, Borrowed(proc.clone()), done)
 }
 
 /// Spawns `proc` on `local`, owned by the runtime: no lock is taken around it.
@@ -54,16 +54,26 @@ where
     P: Process<S> + 'static,
 {
     let (shared, done) = prepare(&proc, drive_mode);
-    local.spawn_local(drive(Owned(proc), AbortGuard(shared.clone()), done));
-    ProcessHandler::new(shared)
+    spawn_host(local, shared, Owned(proc), done)
 }
 
 /// Makes the control block for a process about to be spawned, with its real
 /// state as the first one published.
-pub(crate) fn prepare<S: State, O, P: Process<S>>(proc: &P, mode: DriveMode) -> (Arc<Shared<S, O>>, bool) {
+pub(crate) fn prepare<S: State, O, P: Process<S>>(proc: &P, mode: DriveMode) -> (Shared<S, O>, bool) {
     let done = proc.is_done();
     let paused = proc.is_paused() && !done;
-    (Arc::new(Shared::new(mode, proc.state().clone(), paused)), done)
+    (Shared::new(mode, proc.state().clone(), paused), done)
+}
+
+/// Spawns the driver of `host` on `local`'s runner, with the control block
+/// `shared`: one allocation for both.
+fn spawn_host<S: State, H: Host<S> + 'static>(
+    local: &LocalSet,
+    shared: Shared<S, H::Output>,
+    host: H,
+    done: bool,
+) -> ProcessHandler<S, H::Output> {
+    ProcessHandler::new(runner::spawn(local, shared, move |guard| drive(host, guard, done)))
 }
 
 /// One call into the process.
@@ -144,8 +154,7 @@ where
     R: Recorder<S>,
 {
     let (shared, done) = prepare(&proc, drive_mode);
-    local.spawn_local(drive(Recorded { host: Owned(proc), recorder }, AbortGuard(shared.clone()), done));
-    ProcessHandler::new(shared)
+    spawn_host(local, shared, Recorded { host: Owned(proc), recorder }, done)
 }
 
 /// As [`spawn_recorded`], for a process restored from a store where it was
@@ -168,8 +177,7 @@ where
         ctl.paused = true;
         ctl.want_paused = true;
     }
-    local.spawn_local(drive(Recorded { host: Owned(proc), recorder }, AbortGuard(shared.clone()), done));
-    ProcessHandler::new(shared)
+    spawn_host(local, shared, Recorded { host: Owned(proc), recorder }, done)
 }
 
 /// A host whose states a [`Recorder`] makes durable.
@@ -250,7 +258,7 @@ impl<S: State, H: Host<S>> Host<S> for Detached<H> {
 /// if it is dropped before the process ends (even before the driver's first
 /// poll, or with a job that never reached its worker), it closes the block as
 /// aborted, so that no handler waits forever.
-pub(crate) struct AbortGuard<S: Clone, O>(pub(crate) Arc<Shared<S, O>>);
+pub(crate) struct AbortGuard<S: Clone, O>(pub(crate) Arc<Block<S, O>>);
 
 impl<S: Clone, O> Drop for AbortGuard<S, O> {
     fn drop(&mut self) {
@@ -258,11 +266,11 @@ impl<S: Clone, O> Drop for AbortGuard<S, O> {
     }
 }
 
-/// The driver task of one process. Its arguments, the guard among them, are
+/// The driver of one process. Its arguments, the guard among them, are
 /// moved into the future at the call, so dropping the future unpolled still
 /// closes the process.
 pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, guard: AbortGuard<S, H::Output>, done: bool) {
-    let shared = &guard.0;
+    let shared: &Shared<S, H::Output> = &guard.0;
     let (end, last) = match run(&mut host, shared, done).await {
         Ok(ended) => ended,
         Err(Panic { message, killed }) => {

@@ -1,10 +1,12 @@
 //! The handle through which user code launches, steps, pauses, resumes, kills and
 //! watches a spawned process.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::runner::Block;
 use crate::shared::{End, Shared};
 use crate::{DriveMode, Error, State};
 
@@ -15,9 +17,11 @@ use crate::{DriveMode, Error, State};
 /// back at the end: `()` for a process shared as `Rc<Mutex<P>>`, the process
 /// itself for an owned one.
 ///
-/// The handler holds no reference to the process, only to a small control block,
+/// The handler holds no reference to the process, only to its control block,
 /// so it is `Send + Sync` whenever `S` is `Send + Sync` and `O` is `Send`, and can be moved to
-/// other tasks and threads than the one the process runs on.
+/// other tasks and threads than the one the process runs on. The control block
+/// shares one allocation with the process's driver, which lives until both the
+/// process has ended and the handler is gone.
 ///
 /// Every control call on a process that has ended returns an error at once.
 ///
@@ -27,7 +31,16 @@ use crate::{DriveMode, Error, State};
 /// `FireAndForget` process that was never nudged then never starts, and is
 /// dropped with its `LocalSet`.
 pub struct ProcessHandler<S, O = ()> {
-    shared: Arc<Shared<S, O>>,
+    /// The control block, beside the driver in one allocation.
+    shared: Arc<Block<S, O>>,
+    /// `Send` and `Sync` as the control block's contents allow.
+    _contents: PhantomData<Arc<Shared<S, O>>>,
+}
+
+impl<S, O> Drop for ProcessHandler<S, O> {
+    fn drop(&mut self) {
+        self.shared.detach();
+    }
 }
 
 impl<S, O> std::fmt::Debug for ProcessHandler<S, O>
@@ -43,8 +56,8 @@ where
 }
 
 impl<S: State, O> ProcessHandler<S, O> {
-    pub(crate) fn new(shared: Arc<Shared<S, O>>) -> Self {
-        ProcessHandler { shared }
+    pub(crate) fn new(shared: Arc<Block<S, O>>) -> Self {
+        ProcessHandler { shared, _contents: PhantomData }
     }
 
     /// Waits until the process has ended, however it ended.

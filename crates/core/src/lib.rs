@@ -67,6 +67,7 @@ mod interrupt;
 mod pool;
 mod process;
 mod retry;
+mod runner;
 mod shared;
 
 pub use driver::{Recorder, spawn, spawn_owned, spawn_recorded, spawn_recorded_paused};

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
 use crate::driver::{AbortGuard, Detached, Owned, drive, prepare};
+use crate::runner;
 use crate::{DriveMode, Error, Process, ProcessHandler, State};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -116,6 +117,7 @@ impl Pool {
         P: Process<S> + Send + 'static,
     {
         let (shared, done) = prepare(&proc, drive_mode);
+        let shared = runner::detached(shared);
         let guard = AbortGuard(shared.clone());
         let worker = self.pick();
         let live = Live::new(&worker.live);
@@ -165,6 +167,7 @@ impl Pool {
                     return;
                 }
             };
+            let shared = runner::detached(shared);
             let driver = drive(Detached(Owned(proc)), AbortGuard(shared.clone()), done);
             let _ = tx.send(Ok(ProcessHandler::new(shared)));
             tokio::task::spawn_local(async move {

@@ -1,4 +1,4 @@
-//! The control block shared by a process's driver task and its handler.
+//! The control block shared by a process's driver and its handler.
 //!
 //! Handlers write requests (nudge, pause, resume, kill) into [`Ctl`] and wake the
 //! driver; the driver acts on them at safe points and records what took effect.
@@ -41,6 +41,9 @@ impl End {
 pub(crate) enum Slot<S> {
     Plain(S),
     Watched(watch::Sender<S>),
+    /// Dropped: the driver has ended and the handler is gone, so nobody reads
+    /// it again (see `Shared::detach`).
+    Gone,
 }
 
 pub(crate) struct Ctl<S, O> {
@@ -69,6 +72,8 @@ pub(crate) struct Ctl<S, O> {
     pub(crate) driver: Option<Waker>,
     /// Handler calls waiting on `Shared::changed`.
     pub(crate) waiters: u32,
+    /// The handler was dropped.
+    pub(crate) detached: bool,
 }
 
 pub(crate) struct Shared<S, O> {
@@ -96,15 +101,10 @@ impl<S: Clone, O> Shared<S, O> {
                 output: None,
                 driver: None,
                 waiters: 0,
+                detached: false,
             }),
             changed: Notify::new(),
         }
-    }
-
-    /// Locks the control block. No user code runs under this lock, so a panic
-    /// cannot poison it; if one did, the data is still consistent.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Ctl<S, O>> {
-        self.ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Releases `ctl` and wakes the handler calls waiting for an effect.
@@ -159,6 +159,8 @@ impl<S: Clone, O> Shared<S, O> {
             Slot::Watched(tx) => {
                 tx.send_replace(state);
             }
+            // Only after the end, when nothing is published.
+            Slot::Gone => {}
         }
     }
 
@@ -167,6 +169,7 @@ impl<S: Clone, O> Shared<S, O> {
         match &self.lock().slot {
             Slot::Plain(state) => state.clone(),
             Slot::Watched(tx) => tx.borrow().clone(),
+            Slot::Gone => unreachable!("the state is read by the handler, or by the driver before it ends"),
         }
     }
 
@@ -176,6 +179,7 @@ impl<S: Clone, O> Shared<S, O> {
         let mut ctl = self.lock();
         match &ctl.slot {
             Slot::Watched(tx) => tx.subscribe(),
+            Slot::Gone => unreachable!("only the handler subscribes"),
             Slot::Plain(state) => {
                 let (tx, rx) = watch::channel(state.clone());
                 if ctl.end.is_none() {
@@ -197,8 +201,8 @@ impl<S: Clone, O> Shared<S, O> {
         ctl.output = output;
         ctl.driver = None;
         let last = match (&ctl.slot, last) {
-            (Slot::Plain(_), None) => None,
-            (Slot::Plain(_), Some(last)) => Some(last),
+            (Slot::Plain(_) | Slot::Gone, None) => None,
+            (Slot::Plain(_) | Slot::Gone, Some(last)) => Some(last),
             (Slot::Watched(tx), Some(last)) => {
                 tx.send_replace(last.clone());
                 Some(last)
@@ -209,7 +213,9 @@ impl<S: Clone, O> Shared<S, O> {
             // Dropping a sender tells every receiver that no state follows.
             ctl.slot = Slot::Plain(last);
         }
+        let left = ctl.detached.then(|| Self::take_contents(&mut ctl));
         self.notify(ctl);
+        drop(left);
     }
 
     /// Registers the driver's waker, unless the same one is registered already.
@@ -218,6 +224,31 @@ impl<S: Clone, O> Shared<S, O> {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             _ => ctl.driver = Some(cx.waker().clone()),
         }
+    }
+}
+
+impl<S, O> Shared<S, O> {
+    /// Locks the control block. No user code runs under this lock, so a panic
+    /// cannot poison it; if one did, the data is still consistent.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Ctl<S, O>> {
+        self.ctl.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The handler is gone. Once the driver has ended too, nobody reads the
+    /// states or the output again: the last of the two drops them, on its own
+    /// thread, so that the control block's memory, which a waker may free on
+    /// any thread, holds nothing of them.
+    pub(crate) fn detach(&self) {
+        let mut ctl = self.lock();
+        ctl.detached = true;
+        let left = ctl.end.is_some().then(|| Self::take_contents(&mut ctl));
+        drop(ctl);
+        // Dropped outside the lock: an output's destructor is process code.
+        drop(left);
+    }
+
+    fn take_contents(ctl: &mut Ctl<S, O>) -> (Slot<S>, Option<O>) {
+        (std::mem::replace(&mut ctl.slot, Slot::Gone), ctl.output.take())
     }
 }
 

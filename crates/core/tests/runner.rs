@@ -1,0 +1,180 @@
+//! The runner that polls the processes of a `LocalSet`: where processes are
+//! dropped, several `LocalSet`s on one thread, processes spawned by processes.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::thread::{self, ThreadId};
+
+use drover_core::{DriveMode, Error, Process, ProcessHandler, State, spawn_owned};
+use tokio::task::LocalSet;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    Begin,
+    End,
+}
+
+impl State for Phase {
+    fn is_done(&self) -> bool {
+        *self == Phase::End
+    }
+    fn is_paused(&self) -> bool {
+        false
+    }
+}
+
+/// Where a step hands its waker out.
+type WakerOut = Arc<Mutex<Option<Waker>>>;
+/// Where a destructor says on which thread it ran.
+type DroppedOn = Arc<Mutex<Option<ThreadId>>>;
+
+/// A process whose one step hands a clone of its waker out, so that the waker
+/// outlives it; its destructor says on which thread it ran. With `parent`, its
+/// step spawns a child on that `LocalSet` instead and awaits its end.
+struct Sticky {
+    phase: Phase,
+    waker: WakerOut,
+    dropped_on: DroppedOn,
+    parent: Option<Rc<LocalSet>>,
+    child: Option<ProcessHandler<Phase, Sticky>>,
+}
+
+impl Sticky {
+    fn new() -> (Sticky, WakerOut, DroppedOn) {
+        let waker = Arc::new(Mutex::new(None));
+        let dropped_on = Arc::new(Mutex::new(None));
+        let sticky = Sticky {
+            phase: Phase::Begin,
+            waker: waker.clone(),
+            dropped_on: dropped_on.clone(),
+            parent: None,
+            child: None,
+        };
+        (sticky, waker, dropped_on)
+    }
+}
+
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        *self.dropped_on.lock().unwrap() = Some(thread::current().id());
+    }
+}
+
+impl Process<Phase> for Sticky {
+    fn state(&self) -> &Phase {
+        &self.phase
+    }
+    fn transition_to(&mut self, phase: Phase) {
+        self.phase = phase;
+    }
+    async fn kill(&mut self) {}
+    async fn pause(&mut self) {}
+    async fn advance(&mut self) {
+        if let Some(local) = self.parent.take() {
+            let (child, _, _) = Sticky::new();
+            let child = spawn_owned(&local, child, DriveMode::FireAndForget);
+            child.try_nudge().unwrap();
+            child.ended().await.unwrap();
+            self.child = Some(child);
+            self.phase = Phase::End;
+            return;
+        }
+        let mut polled = false;
+        poll_fn(|cx| {
+            if polled {
+                return Poll::Ready(());
+            }
+            polled = true;
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+        self.phase = Phase::End;
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Drops `waker` on another thread, as the last reference to the process's
+/// memory, and returns once it is dropped.
+fn drop_elsewhere(waker: &WakerOut) {
+    let waker = waker.lock().unwrap().take().expect("the step handed its waker out");
+    thread::spawn(move || drop(waker)).join().unwrap();
+}
+
+/// Runs a `Sticky` process to its end, its handler dropped before the end or
+/// after, then drops the process's waker on another thread, as the last
+/// reference to its memory. Checks that the process was dropped on this
+/// thread, by the last of its driver and its handler.
+fn check_dropped_on_its_thread(handler_goes_first: bool) {
+    let rt = runtime();
+    let local = LocalSet::new();
+    let (proc, waker, dropped_on) = Sticky::new();
+    let dropped = || *dropped_on.lock().unwrap();
+    let handler = spawn_owned(&local, proc, DriveMode::FireAndForget);
+    handler.try_nudge().unwrap();
+    if handler_goes_first {
+        drop(handler);
+        local.block_on(&rt, async {
+            while dropped().is_none() {
+                tokio::task::yield_now().await;
+            }
+        });
+    } else {
+        local.block_on(&rt, async { handler.ended().await.unwrap() });
+        assert_eq!(dropped(), None, "the output waits for the handler");
+        drop(handler);
+    }
+    assert_eq!(dropped(), Some(thread::current().id()));
+    drop_elsewhere(&waker);
+    assert_eq!(dropped(), Some(thread::current().id()));
+}
+
+#[test]
+fn an_owned_process_is_dropped_on_its_thread_when_its_handler_goes_after_the_end() {
+    check_dropped_on_its_thread(false);
+}
+
+#[test]
+fn an_owned_process_is_dropped_on_its_thread_when_its_handler_went_before_the_end() {
+    // The driver ends after the handler went: it drops the output itself.
+    check_dropped_on_its_thread(true);
+}
+
+#[test]
+fn each_local_set_of_a_thread_runs_its_own_processes() {
+    let rt = runtime();
+    let one = LocalSet::new();
+    let two = LocalSet::new();
+    let (a, _, _) = Sticky::new();
+    let (b, _, _) = Sticky::new();
+    let on_one = spawn_owned(&one, a, DriveMode::FireAndForget);
+    let on_two = spawn_owned(&two, b, DriveMode::FireAndForget);
+    on_one.try_nudge().unwrap();
+    on_two.try_nudge().unwrap();
+    let ended = one.block_on(&rt, async { on_one.join().await.map(|p| p.phase.clone()) });
+    assert_eq!(ended, Ok(Phase::End));
+    // Running the first `LocalSet` did not run the second's process.
+    assert!(!on_two.is_done());
+    drop(two);
+    assert!(on_two.is_done());
+    assert_eq!(on_two.try_nudge(), Err(Error::Aborted));
+}
+
+#[test]
+fn a_process_spawns_and_awaits_a_child_on_its_local_set() {
+    let rt = runtime();
+    let local = Rc::new(LocalSet::new());
+    let (mut parent, _, _) = Sticky::new();
+    parent.parent = Some(local.clone());
+    let handler = spawn_owned(&local, parent, DriveMode::FireAndForget);
+    handler.try_nudge().unwrap();
+    let parent = local.block_on(&rt, handler.join()).unwrap();
+    assert_eq!(parent.phase, Phase::End);
+    assert_eq!(parent.child.as_ref().map(|c| c.state()), Some(Phase::End));
+}
