@@ -5,7 +5,6 @@ use std::any::Any;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,7 +14,7 @@ use tokio::task::LocalSet;
 
 use crate::interrupt::{interruptible, poll_marked};
 use crate::runner::{self, Block};
-use crate::shared::{End, Shared};
+use crate::shared::{Ctl, End, Shared};
 use crate::{DriveMode, Process, ProcessHandler, State};
 
 /// Spawns `proc` on `local` and returns its handler.
@@ -269,24 +268,48 @@ impl<S: Clone, O> Drop for AbortGuard<S, O> {
 /// The driver of one process. Its arguments, the guard among them, are
 /// moved into the future at the call, so dropping the future unpolled still
 /// closes the process.
-pub(crate) async fn drive<S: State, H: Host<S>>(mut host: H, guard: AbortGuard<S, H::Output>, done: bool) {
-    let shared: &Shared<S, H::Output> = &guard.0;
-    let (end, last) = match run(&mut host, shared, done).await {
-        Ok(ended) => ended,
-        Err(Panic { message, killed }) => {
-            // A panic is an ending: the kill hook cleans up what the process
-            // started (a job, a child), once, and the recorder hears of it.
-            let mut left = None;
-            if !killed {
-                left = caught(host.apply(Op::Kill)).await.ok().map(|snap| snap.state);
-            }
-            let state = left.unwrap_or_else(|| shared.state());
-            let _ = caught(host.panicked(&state, &message)).await;
-            (End::Panicked(message), None)
-        }
-    };
-    let output = matches!(end, End::Done | End::Killed).then(|| host.finish());
-    shared.close(end, output, last);
+///
+/// An `async` block rather than an `async fn`, whose arguments would take room
+/// twice in every driver's frame.
+#[allow(clippy::manual_async_fn, reason = "an async fn's arguments take room twice in its frame")]
+pub(crate) fn drive<S: State, H: Host<S>>(
+    mut host: H,
+    guard: AbortGuard<S, H::Output>,
+    done: bool,
+) -> impl Future<Output = ()> {
+    async move {
+        let shared: &Shared<S, H::Output> = &guard.0;
+        let ended = run(&mut host, shared, done).await;
+        let (end, last) = match ended {
+            Ok(ended) => ended,
+            // Boxed: rare, and its hooks' futures need not sit in every frame.
+            Err(panic) => Box::pin(panicked(&mut host, shared, panic)).await,
+        };
+        let output = matches!(end, End::Done | End::Killed).then(|| host.finish());
+        shared.close(end, output, last);
+    }
+}
+
+/// A panic is an ending: the kill hook cleans up what the process started (a
+/// job, a child), once, and the recorder hears of it.
+async fn panicked<S: State, H: Host<S>>(
+    host: &mut H,
+    shared: &Shared<S, H::Output>,
+    Panic { message, killed }: Panic,
+) -> (End, Option<S>) {
+    let mut left = None;
+    if !killed {
+        left = caught(host.apply(Op::Kill)).await.ok().map(|snap| snap.state);
+    }
+    let state = left.unwrap_or_else(|| shared.state());
+    let _ = caught(host.panicked(&state, &message)).await;
+    (End::Panicked(message), None)
+}
+
+/// Runs a hook (pause, resume, kill), catching its panic. Boxed: hooks are
+/// rare, and their futures need not sit in every driver's frame.
+async fn hook<S: State, H: Host<S>>(host: &mut H, op: Op) -> Result<Snapshot<S>, String> {
+    Box::pin(caught(host.apply(op))).await
 }
 
 /// What the driver does next.
@@ -316,82 +339,88 @@ impl Panic {
 
 /// Drives the process to its end, and returns how it ended with its final
 /// state, which `close` publishes. `Err` carries a panic's message.
-async fn run<S: State, H: Host<S>>(
-    host: &mut H,
-    shared: &Shared<S, H::Output>,
+#[allow(clippy::manual_async_fn, reason = "an async fn's arguments take room twice in its frame")]
+fn run<'a, S: State, H: Host<S>>(
+    host: &'a mut H,
+    shared: &'a Shared<S, H::Output>,
     done: bool,
-) -> Result<(End, Option<S>), Panic> {
-    if done {
-        return Ok((End::Done, None));
-    }
-    let mut credit = false;
-    loop {
-        let snap = match next_action(shared, &mut credit).await {
-            Action::Kill => {
-                let snap = caught(host.apply(Op::Kill)).await.map_err(Panic::in_kill)?;
-                caught(host.record(&snap.state, false)).await.map_err(Panic::in_kill)?;
-                return Ok((End::Killed, Some(snap.state)));
-            }
-            Action::Pause => {
-                let snap = caught(host.apply(Op::Pause)).await.map_err(Panic::before_kill)?;
-                caught(host.record(&snap.state, !snap.done)).await.map_err(Panic::before_kill)?;
-                if snap.done {
-                    return Ok((End::Done, Some(snap.state)));
+) -> impl Future<Output = Result<(End, Option<S>), Panic>> + 'a {
+    // An `async` block, as `drive`.
+    async move {
+        if done {
+            return Ok((End::Done, None));
+        }
+        let mut credit = false;
+        loop {
+            // Bound first: a scrutinee's future would sit in the frame beside the step's.
+            let action = next_action(shared, &mut credit).await;
+            let snap = match action {
+                Action::Kill => {
+                    let snap = hook(host, Op::Kill).await.map_err(Panic::in_kill)?;
+                    caught(host.record(&snap.state, false)).await.map_err(Panic::in_kill)?;
+                    return Ok((End::Killed, Some(snap.state)));
                 }
+                Action::Pause => {
+                    let snap = hook(host, Op::Pause).await.map_err(Panic::before_kill)?;
+                    caught(host.record(&snap.state, !snap.done)).await.map_err(Panic::before_kill)?;
+                    if snap.done {
+                        return Ok((End::Done, Some(snap.state)));
+                    }
+                    let mut ctl = shared.lock();
+                    Shared::publish(&mut ctl, snap.state);
+                    ctl.pausing = false;
+                    ctl.paused = true;
+                    ctl.pauses += 1;
+                    shared.notify(ctl);
+                    continue;
+                }
+                Action::Resume => {
+                    let snap = hook(host, Op::Resume).await.map_err(Panic::before_kill)?;
+                    caught(host.record(&snap.state, snap.paused && !snap.done)).await.map_err(Panic::before_kill)?;
+                    if snap.done {
+                        return Ok((End::Done, Some(snap.state)));
+                    }
+                    let mut ctl = shared.lock();
+                    Shared::publish(&mut ctl, snap.state);
+                    ctl.resuming = false;
+                    if snap.paused {
+                        // The process still says it is paused: it stays paused.
+                        ctl.want_paused = true;
+                    } else {
+                        ctl.paused = false;
+                    }
+                    shared.notify(ctl);
+                    continue;
+                }
+                Action::Advance => match advance(host, shared).await {
+                    Ok(Some(snap)) => snap,
+                    // Interrupted: a kill or pause is pending; the step keeps its nudge.
+                    Ok(None) => continue,
+                    // The process panicked: `drive` runs its kill hook.
+                    Err(panic) => return Err(Panic::before_kill(panic)),
+                },
+            };
+            credit = false;
+            caught(host.record(&snap.state, snap.paused && !snap.done)).await.map_err(Panic::before_kill)?;
+            if snap.done {
+                return Ok((End::Done, Some(snap.state)));
+            }
+            {
                 let mut ctl = shared.lock();
                 Shared::publish(&mut ctl, snap.state);
-                ctl.pausing = false;
-                ctl.paused = true;
-                ctl.pauses += 1;
-                shared.notify(ctl);
-                continue;
-            }
-            Action::Resume => {
-                let snap = caught(host.apply(Op::Resume)).await.map_err(Panic::before_kill)?;
-                caught(host.record(&snap.state, snap.paused && !snap.done)).await.map_err(Panic::before_kill)?;
-                if snap.done {
-                    return Ok((End::Done, Some(snap.state)));
-                }
-                let mut ctl = shared.lock();
-                Shared::publish(&mut ctl, snap.state);
-                ctl.resuming = false;
                 if snap.paused {
-                    // The process still says it is paused: it stays paused.
+                    // The process paused itself: no hook, a resume continues it.
+                    ctl.paused = true;
                     ctl.want_paused = true;
-                } else {
-                    ctl.paused = false;
+                    ctl.pauses += 1;
+                    shared.notify(ctl);
+                    continue;
                 }
-                shared.notify(ctl);
-                continue;
             }
-            Action::Advance => match advance(host, shared).await {
-                Ok(Some(snap)) => snap,
-                // Interrupted: a kill or pause is pending; the step keeps its nudge.
-                Ok(None) => continue,
-                // The process panicked: `drive` runs its kill hook.
-                Err(panic) => return Err(Panic::before_kill(panic)),
-            },
-        };
-        credit = false;
-        caught(host.record(&snap.state, snap.paused && !snap.done)).await.map_err(Panic::before_kill)?;
-        if snap.done {
-            return Ok((End::Done, Some(snap.state)));
+            // A step that never waits must not starve the other tasks of its
+            // thread: yield once the task's cooperative budget is spent.
+            tokio::task::coop::consume_budget().await;
         }
-        {
-            let mut ctl = shared.lock();
-            Shared::publish(&mut ctl, snap.state);
-            if snap.paused {
-                // The process paused itself: no hook, a resume continues it.
-                ctl.paused = true;
-                ctl.want_paused = true;
-                ctl.pauses += 1;
-                shared.notify(ctl);
-                continue;
-            }
-        }
-        // A step that never waits must not starve the other tasks of its
-        // thread: yield once the task's cooperative budget is spent.
-        tokio::task::coop::consume_budget().await;
     }
 }
 
@@ -434,50 +463,68 @@ async fn next_action<S: Clone, O>(shared: &Shared<S, O>, credit: &mut bool) -> A
     .await
 }
 
-/// Runs one step, racing it against kill and pause requests. `Ok(None)` means
-/// the step was interrupted and its future dropped.
-async fn advance<S: State, H: Host<S>>(
-    host: &mut H,
-    shared: &Shared<S, H::Output>,
-) -> Result<Option<Snapshot<S>>, String> {
-    // In an `Option`, so that an interrupted step is dropped under
-    // `catch_unwind` too: its destructors are process code.
-    let mut step = pin!(Some(host.apply(Op::Advance)));
+/// Runs one step, racing it against kill and pause requests.
+fn advance<'a, S: State, H: Host<S>>(
+    host: &'a mut H,
+    shared: &'a Shared<S, H::Output>,
+) -> Step<'a, S, H::Output, impl Future<Output = Snapshot<S>> + 'a> {
     // The first poll follows `next_action`, which has just checked for requests.
-    let mut checked = true;
-    let mut waiting = false;
-    let interrupted = poll_fn(|cx| {
-        if !checked {
-            let ctl = shared.lock();
-            if ctl.kill || (waiting && ctl.want_paused && !ctl.paused) {
-                return Poll::Ready(Ok(None));
+    Step { step: Some(host.apply(Op::Advance)), shared, checked: true, waiting: false }
+}
+
+pin_project_lite::pin_project! {
+    /// One step, raced against kill and pause requests. `Ok(None)` means the
+    /// step was interrupted and its future dropped. A future of its own, not
+    /// an `async fn`, so that every driver's frame holds the step and little
+    /// more.
+    struct Step<'a, S, O, F> {
+        // In an `Option`, so that an interrupted step is dropped under
+        // `catch_unwind` too: its destructors are process code.
+        #[pin]
+        step: Option<F>,
+        shared: &'a Shared<S, O>,
+        // Requests were checked since the last poll of the step.
+        checked: bool,
+        // The step waits inside `interruptible`: a pause interrupts it.
+        waiting: bool,
+    }
+}
+
+impl<S: Clone, O, F: Future<Output = Snapshot<S>>> Future for Step<'_, S, O, F> {
+    type Output = Result<Option<Snapshot<S>>, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let interrupts = |ctl: &Ctl<S, O>, waiting: bool| ctl.kill || (waiting && ctl.want_paused && !ctl.paused);
+        let outcome = 'step: {
+            if !*this.checked && interrupts(&this.shared.lock(), *this.waiting) {
+                break 'step Ok(None);
             }
-        }
-        checked = false;
-        let Some(running) = step.as_mut().as_pin_mut() else {
-            return Poll::Ready(Ok(None));
-        };
-        let (poll, parked) = poll_marked(|| catch_unwind(AssertUnwindSafe(|| running.poll(cx))));
-        waiting = parked;
-        match poll {
-            Err(payload) => Poll::Ready(Err(panic_message(payload))),
-            Ok(Poll::Ready(snap)) => Poll::Ready(Ok(Some(snap))),
-            Ok(Poll::Pending) => {
-                let mut ctl = shared.lock();
-                if ctl.kill || (waiting && ctl.want_paused && !ctl.paused) {
-                    return Poll::Ready(Ok(None));
+            *this.checked = false;
+            let Some(running) = this.step.as_mut().as_pin_mut() else {
+                break 'step Ok(None);
+            };
+            let (poll, parked) = poll_marked(|| catch_unwind(AssertUnwindSafe(|| running.poll(cx))));
+            *this.waiting = parked;
+            match poll {
+                Err(payload) => Err(panic_message(payload)),
+                Ok(Poll::Ready(snap)) => Ok(Some(snap)),
+                Ok(Poll::Pending) => {
+                    let mut ctl = this.shared.lock();
+                    if interrupts(&ctl, parked) {
+                        break 'step Ok(None);
+                    }
+                    Shared::register(&mut ctl, cx);
+                    return Poll::Pending;
                 }
-                Shared::register(&mut ctl, cx);
-                Poll::Pending
             }
-        }
-    })
-    .await;
-    let dropped = catch_unwind(AssertUnwindSafe(|| step.as_mut().set(None)));
-    match (interrupted, dropped) {
-        (Err(panic), _) => Err(panic),
-        (Ok(snap), Ok(())) => Ok(snap),
-        (Ok(_), Err(payload)) => Err(panic_message(payload)),
+        };
+        let dropped = catch_unwind(AssertUnwindSafe(|| this.step.set(None)));
+        Poll::Ready(match (outcome, dropped) {
+            (Err(panic), _) => Err(panic),
+            (Ok(snap), Ok(())) => Ok(snap),
+            (Ok(_), Err(payload)) => Err(panic_message(payload)),
+        })
     }
 }
 
