@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -188,12 +188,23 @@ impl<S: Clone + 'static, O: 'static, C: Start<S, O>> Task for Node<S, O, Lazy<S,
         let Ok(mut driver) = self.driver.try_borrow_mut() else {
             return;
         };
+        let make = match &mut *driver {
+            Lazy::Start(make) => make.take(),
+            // Dropping a running driver drops its guard, which closes the
+            // block even if a destructor before it panics.
+            Lazy::Running(_) | Lazy::Done => None,
+        };
         let started = matches!(*driver, Lazy::Running(_));
-        // Dropping a running driver drops its guard, which closes the block.
         *driver = Lazy::Done;
         drop(driver);
         if !started {
+            // Not started: no guard yet. The block is closed even if the
+            // process's destructor panics, as a guard would close it.
+            let dropped = catch_unwind(AssertUnwindSafe(|| drop(make)));
             self.shared.close(End::Aborted, None, None);
+            if let Err(panic) = dropped {
+                resume_unwind(panic);
+            }
         }
     }
 

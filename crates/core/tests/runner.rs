@@ -178,3 +178,55 @@ fn a_process_spawns_and_awaits_a_child_on_its_local_set() {
     assert_eq!(parent.phase, Phase::End);
     assert_eq!(parent.child.as_ref().map(|c| c.state()), Some(Phase::End));
 }
+
+/// A process whose destructor panics.
+struct Bomb(Phase);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("the process's destructor panicked");
+        }
+    }
+}
+
+impl Process<Phase> for Bomb {
+    fn state(&self) -> &Phase {
+        &self.0
+    }
+    fn transition_to(&mut self, phase: Phase) {
+        self.0 = phase;
+    }
+    async fn kill(&mut self) {}
+    async fn pause(&mut self) {}
+    async fn advance(&mut self) {
+        self.0 = Phase::End;
+    }
+}
+
+#[test]
+fn a_process_never_polled_whose_destructor_panics_is_aborted_with_its_local_set() {
+    let local = LocalSet::new();
+    let handler = spawn_owned(&local, Bomb(Phase::Begin), DriveMode::FireAndForget);
+    let other = spawn_owned(&local, Bomb(Phase::Begin), DriveMode::FireAndForget);
+    drop(local);
+    // However its destructor went, the handler hears that it was aborted.
+    assert!(handler.is_done());
+    assert_eq!(handler.try_nudge(), Err(Error::Aborted));
+    assert_eq!(other.try_nudge(), Err(Error::Aborted));
+}
+
+#[test]
+fn a_waiting_process_whose_destructor_panics_is_aborted_with_its_local_set() {
+    let rt = runtime();
+    let local = LocalSet::new();
+    let handler = spawn_owned(&local, Bomb(Phase::Begin), DriveMode::FireAndForget);
+    // Its driver starts and waits for the nudge.
+    local.block_on(&rt, async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    drop(local);
+    assert_eq!(handler.try_nudge(), Err(Error::Aborted));
+}
