@@ -11,7 +11,9 @@
 //! The runner owns every node whose driver has not ended. It polls drivers only
 //! on its own thread, and when its task is dropped (with its `LocalSet` or its
 //! runtime) it drops every driver still running there, on that thread: their
-//! guards close them as aborted, as a dropped tokio task would.
+//! guards close them as aborted, as a dropped tokio task would. Its task ends
+//! once no process is left, so that a `LocalSet` awaited to its end completes;
+//! the next spawn starts a new runner.
 
 // The one place of the runtime that needs `unsafe`: a node is woken from any
 // thread, but its driver and its process stay on the runner's thread.
@@ -302,6 +304,10 @@ impl Live {
         }
         node
     }
+
+    fn is_empty(&self) -> bool {
+        self.free.len() == self.nodes.len()
+    }
 }
 
 /// The runner of one `LocalSet`, shared by its task and, briefly, by `spawn`.
@@ -378,6 +384,12 @@ impl Future for RunnerTask {
                 break;
             }
             let Some(node) = runner.queue.pop(cx.waker()) else {
+                // No process left: the task ends, as the processes' own tasks
+                // would have, so that an awaited `LocalSet` completes. The next
+                // spawn starts a new runner.
+                if runner.live.borrow().is_empty() {
+                    return Poll::Ready(());
+                }
                 return Poll::Pending;
             };
             let index = node.index();

@@ -179,6 +179,40 @@ fn a_process_spawns_and_awaits_a_child_on_its_local_set() {
     assert_eq!(parent.child.as_ref().map(|c| c.state()), Some(Phase::End));
 }
 
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+}
+
+#[test]
+fn a_local_set_awaited_completes_once_its_processes_have_ended() {
+    // A `LocalSet` awaited as a future completes once all its tasks have: the
+    // runner must not be a task that never ends.
+    let rt = paused_runtime();
+    let local = LocalSet::new();
+    let (proc, _, _) = Sticky::new();
+    let handler = spawn_owned(&local, proc, DriveMode::FireAndForget);
+    handler.try_nudge().unwrap();
+    let awaited = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(3600), local).await });
+    assert!(awaited.is_ok(), "the LocalSet never completed");
+    assert!(handler.is_done());
+    // A LocalSet whose runner has ended runs processes spawned later too.
+    let local = LocalSet::new();
+    let (first, _, _) = Sticky::new();
+    let first = spawn_owned(&local, first, DriveMode::FireAndForget);
+    first.try_nudge().unwrap();
+    local.block_on(&rt, async { first.ended().await.unwrap() });
+    local.block_on(&rt, async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    let (second, _, _) = Sticky::new();
+    let second = spawn_owned(&local, second, DriveMode::FireAndForget);
+    second.try_nudge().unwrap();
+    let ended = local.block_on(&rt, async { second.join().await.map(|p| p.phase.clone()) });
+    assert_eq!(ended, Ok(Phase::End));
+}
+
 /// A process whose destructor panics.
 struct Bomb(Phase);
 
