@@ -3,6 +3,7 @@
 
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::thread::{self, ThreadId};
@@ -179,6 +180,15 @@ fn a_process_spawns_and_awaits_a_child_on_its_local_set() {
     assert_eq!(parent.child.as_ref().map(|c| c.state()), Some(Phase::End));
 }
 
+/// Runs `local` until its processes have nothing left to do for now.
+fn settle(local: &LocalSet, rt: &tokio::runtime::Runtime) {
+    local.block_on(rt, async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
 }
@@ -201,11 +211,7 @@ fn a_local_set_awaited_completes_once_its_processes_have_ended() {
     let first = spawn_owned(&local, first, DriveMode::FireAndForget);
     first.try_nudge().unwrap();
     local.block_on(&rt, async { first.ended().await.unwrap() });
-    local.block_on(&rt, async {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    });
+    settle(&local, &rt);
     let (second, _, _) = Sticky::new();
     let second = spawn_owned(&local, second, DriveMode::FireAndForget);
     second.try_nudge().unwrap();
@@ -256,11 +262,170 @@ fn a_waiting_process_whose_destructor_panics_is_aborted_with_its_local_set() {
     let local = LocalSet::new();
     let handler = spawn_owned(&local, Bomb(Phase::Begin), DriveMode::FireAndForget);
     // Its driver starts and waits for the nudge.
-    local.block_on(&rt, async {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    });
+    settle(&local, &rt);
     drop(local);
     assert_eq!(handler.try_nudge(), Err(Error::Aborted));
+}
+
+/// A process whose step counts its polls and hands its waker out, until
+/// `release` is set. `Restless`, every poll wakes itself again: a step that
+/// never waits and takes nothing from tokio's budget.
+struct Probe {
+    phase: Phase,
+    polls: Arc<AtomicUsize>,
+    waker: WakerOut,
+    release: Arc<AtomicBool>,
+    restless: bool,
+}
+
+impl Probe {
+    fn new(restless: bool) -> Probe {
+        Probe { phase: Phase::Begin, polls: Arc::default(), waker: Arc::default(), release: Arc::default(), restless }
+    }
+}
+
+impl Process<Phase> for Probe {
+    fn state(&self) -> &Phase {
+        &self.phase
+    }
+    fn transition_to(&mut self, phase: Phase) {
+        self.phase = phase;
+    }
+    async fn kill(&mut self) {}
+    async fn pause(&mut self) {}
+    async fn advance(&mut self) {
+        poll_fn(|cx| {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.restless {
+                cx.waker().wake_by_ref();
+            } else {
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            }
+            if self.release.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+        self.phase = Phase::End;
+    }
+}
+
+#[test]
+fn a_process_that_wakes_itself_forever_starves_neither_processes_nor_tasks_nor_timers() {
+    let rt = runtime();
+    let local = LocalSet::new();
+    let probe = Probe::new(true);
+    let polls = probe.polls.clone();
+    let restless = spawn_owned(&local, probe, DriveMode::FireAndForget);
+    restless.try_nudge().unwrap();
+    let (other, _, _) = Sticky::new();
+    let other = spawn_owned(&local, other, DriveMode::FireAndForget);
+    other.try_nudge().unwrap();
+    local.block_on(&rt, async {
+        let task = tokio::task::spawn_local(async { tokio::time::sleep(std::time::Duration::from_millis(5)).await });
+        other.ended().await.unwrap();
+        task.await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        restless.kill().await.unwrap();
+    });
+    assert!(polls.load(Ordering::Relaxed) > 1);
+}
+
+#[test]
+fn a_process_woken_many_times_from_other_threads_is_polled_once() {
+    let rt = runtime();
+    let local = LocalSet::new();
+    let probe = Probe::new(false);
+    let (polls, waker, release) = (probe.polls.clone(), probe.waker.clone(), probe.release.clone());
+    let handler = spawn_owned(&local, probe, DriveMode::FireAndForget);
+    handler.try_nudge().unwrap();
+    settle(&local, &rt);
+    assert_eq!(polls.load(Ordering::Relaxed), 1);
+    let w = waker.lock().unwrap().clone().unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let w = w.clone();
+            thread::spawn(move || {
+                for _ in 0..1000 {
+                    w.wake_by_ref();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(w);
+    settle(&local, &rt);
+    assert_eq!(polls.load(Ordering::Relaxed), 2, "4000 wake-ups, one poll");
+    release.store(true, Ordering::Relaxed);
+    waker.lock().unwrap().take().unwrap().wake();
+    let ended = local.block_on(&rt, async { handler.join().await.map(|p| p.phase.clone()) });
+    assert_eq!(ended, Ok(Phase::End));
+}
+
+#[test]
+fn wakers_on_other_threads_outlive_the_local_set_and_the_handlers() {
+    // Other threads keep waking (and finally drop) the processes' wakers while
+    // their LocalSet is dropped with them pending, their handlers gone or not.
+    for round in 0..20 {
+        let rt = runtime();
+        let local = LocalSet::new();
+        let mut wakers = Vec::new();
+        let mut handlers = Vec::new();
+        let mut dropped = Vec::new();
+        for n in 0..8 {
+            let (proc, waker, dropped_on) = Sticky::new();
+            dropped.push(dropped_on);
+            let handler = spawn_owned(&local, proc, DriveMode::FireAndForget);
+            let probe = Probe { waker: waker.clone(), ..Probe::new(false) };
+            let counted = spawn_owned(&local, probe, DriveMode::FireAndForget);
+            counted.try_nudge().unwrap();
+            if (n + round) % 2 == 0 {
+                handler.try_nudge().unwrap();
+            }
+            handlers.push((handler, counted));
+            wakers.push(waker);
+        }
+        settle(&local, &rt);
+        let wakers: Vec<Waker> = wakers.iter().filter_map(|w| w.lock().unwrap().take()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = wakers
+            .chunks(4)
+            .map(|chunk| {
+                let chunk = chunk.to_vec();
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for w in &chunk {
+                            w.wake_by_ref();
+                        }
+                    }
+                    for w in chunk {
+                        w.wake();
+                    }
+                })
+            })
+            .collect();
+        drop(wakers);
+        if round % 2 == 0 {
+            drop(handlers);
+            drop(local);
+        } else {
+            drop(local);
+            for (sticky, counted) in &handlers {
+                assert!(counted.is_done());
+                assert!(sticky.is_done());
+            }
+            drop(handlers);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        for dropped_on in dropped {
+            assert_eq!(*dropped_on.lock().unwrap(), Some(thread::current().id()));
+        }
+    }
 }
