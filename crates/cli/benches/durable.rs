@@ -8,8 +8,13 @@
 //! both sides). The library's non-durable path is measured beside `xargs` in
 //! `cargo bench -p drover-shell --bench shell`.
 //!
-//! `cargo bench -p drover-cli --bench durable` runs 10,000 jobs, three
-//! rounds; `cargo test` runs 200 once, as a smoke test.
+//! Then the engine's CPU per SLURM job through `drover run`: trivial jobs on
+//! the test services' SLURM over SSH (the SSH master, which outlives the
+//! run, is not counted; everything `drover` waited for is).
+//!
+//! `cargo bench -p drover-cli --bench durable` runs 10,000 shell jobs, three
+//! rounds, and 200 SLURM jobs; `cargo test` runs 200 and 4, once, as a smoke
+//! test (the SLURM part needs `scripts/services/all.sh start`).
 
 #![allow(missing_docs, clippy::disallowed_methods)]
 
@@ -58,10 +63,14 @@ fn xargs(count: usize, parallel: usize) -> (Duration, Duration) {
 
 fn drover_run(root: &Path, round: usize, jobs: &Path, parallel: usize) -> (Duration, Duration) {
     let data = root.join(format!("data-{round}"));
+    drover_run_in(root, &data, jobs, parallel)
+}
+
+fn drover_run_in(root: &Path, data: &Path, jobs: &Path, parallel: usize) -> (Duration, Duration) {
     measure(
         Command::new(env!("CARGO_BIN_EXE_drover"))
             .arg("--data-dir")
-            .arg(&data)
+            .arg(data)
             .arg("--config-dir")
             .arg(root)
             .args(["run", "-j", &parallel.to_string()])
@@ -116,5 +125,38 @@ fn main() {
     println!(
         "  drover's CPU beyond xargs's: {:.2} ms/job (engine, store, supervisor)",
         per_job(best_drover.1.saturating_sub(best_xargs.1))
+    );
+
+    slurm(root.path(), if full { 200 } else { 4 });
+}
+
+/// The engine's CPU per SLURM job through `drover run`.
+fn slurm(root: &Path, count: usize) {
+    let cluster = Command::new("sh")
+        .args(["-c", "ssh -o BatchMode=yes drover-test-host true && scontrol ping | grep -q UP"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(cluster, "sshd and SLURM for tests are not running: run `scripts/services/all.sh start`");
+    let work = format!("drover-bench-durable-{}", std::process::id());
+    std::fs::write(
+        root.join("computers.toml"),
+        format!(
+            "[computer.cluster]\ntransport = \"ssh\"\nhost = \"drover-test-host\"\nscheduler = \"slurm\"\nwork_dir = \"{work}\"\npoll_interval_secs = 2\n"
+        ),
+    )
+    .unwrap();
+    let jobs = root.join("slurm.toml");
+    let mut file = String::new();
+    for n in 0..count {
+        file.push_str(&format!("[[job]]\nid = \"s{n}\"\ncomputer = \"cluster\"\ncommand = \"/bin/true\"\n\n"));
+    }
+    std::fs::write(&jobs, file).unwrap();
+    let (wall, cpu) = drover_run_in(root, &root.join("data-slurm"), &jobs, count);
+    let _ = Command::new("ssh").args(["-o", "BatchMode=yes", "drover-test-host", &format!("rm -rf '{work}'")]).status();
+    println!("\n{count} SLURM jobs (/bin/true) through drover run, over SSH");
+    println!(
+        "  drover run   {:>8.2} s   engine CPU {:.2} ms/job (goal: 3 ms; the SSH master not counted)",
+        wall.as_secs_f64(),
+        cpu.as_secs_f64() * 1e3 / count as f64
     );
 }
