@@ -79,15 +79,11 @@ impl ProcessInfo {
     /// Sets the state fields from a state's JSON (`"Queued"` or
     /// `{"Finished": {"exit_code": 0, ...}}`).
     pub fn set_state(&mut self, state: &Value) {
-        let (name, fields) = match state {
-            Value::String(name) => (name.as_str(), None),
-            Value::Object(map) if map.len() == 1 => {
-                let (name, fields) = map.iter().next().expect("one entry");
-                (name.as_str(), Some(fields))
-            }
-            _ => ("unreadable", None),
+        let fields = match state {
+            Value::Object(map) if map.len() == 1 => map.values().next(),
+            _ => None,
         };
-        self.state = snake_case(name);
+        self.state = state_name(state);
         let field = |key: &str| fields.and_then(|f| f.get(key));
         self.exit_code = field("exit_code").and_then(Value::as_i64);
         self.detail = ["reason", "error"]
@@ -165,31 +161,9 @@ impl ProcessDetail {
     }
 }
 
-/// The name of a state from its JSON, in snake case.
-pub(crate) fn state_name(state: &Value) -> String {
-    match state {
-        Value::String(name) => snake_case(name),
-        Value::Object(map) if map.len() == 1 => snake_case(map.keys().next().expect("one entry")),
-        _ => "unreadable".to_owned(),
-    }
-}
+pub(crate) use drover_kind::state_name;
 
 pub(crate) use drover_kind::now_ms;
-
-fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {

@@ -69,6 +69,40 @@ pub fn encode<T: Checkpoint>(state: &T) -> String {
     serde_json::json!({ "v": T::VERSION, "state": state }).to_string()
 }
 
+/// The name of a state from its JSON (`"Queued"`, `{"Finished": {...}}`),
+/// in snake case (`queued`, `finished`); `unreadable` for anything else.
+pub fn state_name(state: &Value) -> String {
+    match state {
+        Value::String(name) => snake_case(name),
+        Value::Object(map) if map.len() == 1 => map.keys().next().map_or_else(String::new, |k| snake_case(k)),
+        _ => "unreadable".to_owned(),
+    }
+}
+
+/// The name of the state in an envelope's text, as [`state_name`] says it;
+/// `unreadable` when the text is not an envelope.
+pub fn envelope_state_name(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(envelope) => state_name(envelope.get("state").unwrap_or(&Value::Null)),
+        Err(_) => "unreadable".to_owned(),
+    }
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Decodes an envelope written by [`encode`], upgrading older versions.
 ///
 /// # Errors

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use checkpoint::{Checkpoint, CheckpointError, decode, encode};
+pub use checkpoint::{Checkpoint, CheckpointError, decode, encode, envelope_state_name, state_name};
 pub use children::{ChildEnd, ChildHost, Children, NewChild, SpawnError};
 pub use job::Job;
 

@@ -11,10 +11,12 @@
 //! - [`StoreRecorder`]: a [`Recorder`](drover_core::Recorder) that makes every
 //!   state durable before the process takes its next step.
 
+mod page;
 mod recorder;
 mod store;
 
 pub use drover_kind::{Checkpoint, CheckpointError, decode, encode};
+pub use page::{Cursor, DEFAULT_PAGE, ListFilter, MAX_PAGE, Page, PageLimit, PruneBatch, PruneCursor};
 pub use recorder::StoreRecorder;
 pub use store::{
     EngineRecord, Fence, NewProcess, Record, SCHEMA_VERSION, Store, StoreError, StoredEvent, StoredProcess,

@@ -7,18 +7,22 @@ use std::time::Duration;
 
 use drover_kind::now_ms;
 
+use crate::page::{Cursor, ListFilter, Page, PageLimit, PruneBatch, PruneCursor};
+
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 
 /// The version of the schema this drover writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 const MAGIC: &str = "drover-store";
 /// The tables of a store (for a shared PostgreSQL database that has others).
 const OUR_TABLES: &[&str] = &["drover_meta", "processes", "events", "drover_engines", "drover_leases"];
 /// The columns of a process, as [`process`] reads them.
 const COLS: &str = "id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work";
+/// [`COLS`], of the table named `p`.
+const P_COLS: &str = "p.id, p.kind, p.spec, p.parent, p.checkpoint, p.paused, p.terminal, p.created_at, p.updated_at, p.error, p.owner, p.epoch, p.host, p.place, p.pending_work";
 
 /// Why the store failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +55,10 @@ pub enum StoreError {
     /// engine took it over (this one's lease expired). Nothing was written.
     #[error("process `{0}` is driven by another engine now; this engine's write was refused")]
     Fenced(String),
+    /// A request the store cannot take: a bad cursor, a page size out of
+    /// its range. The message says which.
+    #[error("{0}")]
+    Invalid(String),
     /// The database failed.
     #[error("{location}: {message}")]
     Db {
@@ -211,6 +219,12 @@ pub struct StoredEvent {
     pub epoch: i64,
 }
 
+/// A value bound to a statement built at run time.
+enum Bind<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
 #[derive(Clone, Debug)]
 enum Db {
     Sqlite(SqlitePool),
@@ -300,11 +314,16 @@ fn schema(serial_key: &str) -> Vec<String> {
             epoch BIGINT NOT NULL DEFAULT 0,
             host TEXT,
             place TEXT,
-            pending_work BOOLEAN NOT NULL DEFAULT FALSE
+            pending_work BOOLEAN NOT NULL DEFAULT FALSE,
+            state TEXT NOT NULL DEFAULT ''
         )"
         .to_owned(),
         "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal".to_owned(),
         "CREATE INDEX processes_parent ON processes (parent)".to_owned(),
+    ]
+    .into_iter()
+    .chain(LIST_INDEXES.iter().map(|s| (*s).to_owned()))
+    .chain([
         ENGINES.to_owned(),
         LEASES.to_owned(),
         format!(
@@ -321,8 +340,25 @@ fn schema(serial_key: &str) -> Vec<String> {
         format!(
             "INSERT INTO drover_meta (key, value) VALUES ('magic', '{MAGIC}'), ('schema_version', '{SCHEMA_VERSION}')"
         ),
-    ]
+    ])
+    .collect()
 }
+
+/// The indexes of schema version 3: a page of `list` in the order it is
+/// listed (`created_at`, `id`), whichever filter it has, and the ended
+/// processes in the order `prune` takes them (`updated_at`, `id`). Each
+/// filter's index leads with the filtered column, so that a page is a range
+/// of one index however many rows the store holds.
+const LIST_INDEXES: &[&str] = &[
+    "CREATE INDEX processes_created ON processes (created_at, id)",
+    "CREATE INDEX processes_state ON processes (state, created_at, id)",
+    "CREATE INDEX processes_kind ON processes (kind, created_at, id)",
+    "CREATE INDEX processes_place ON processes (place, created_at, id)",
+    "CREATE INDEX processes_children ON processes (parent, created_at, id)",
+    "CREATE INDEX processes_active ON processes (created_at, id) WHERE NOT terminal",
+    "CREATE INDEX processes_paused ON processes (created_at, id) WHERE paused AND NOT terminal",
+    "CREATE INDEX processes_ended ON processes (updated_at, id) WHERE terminal",
+];
 
 const ENGINES: &str = "CREATE TABLE drover_engines (
     id TEXT PRIMARY KEY,
@@ -355,6 +391,19 @@ fn migrate_1_to_2() -> Vec<String> {
         "ALTER TABLE events ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0".to_owned(),
         "UPDATE drover_meta SET value = '2' WHERE key = 'schema_version'".to_owned(),
     ]
+}
+
+/// The steps from schema version 2 to 3 (the state's name in a column, and
+/// the indexes of paged lists and prunes); [`Store::migrate`] fills the new
+/// column from each checkpoint, and a place from a spec's computer where a
+/// version 1 store recorded none.
+fn migrate_2_to_3() -> Vec<String> {
+    ["ALTER TABLE processes ADD COLUMN state TEXT NOT NULL DEFAULT ''"]
+        .into_iter()
+        .chain(LIST_INDEXES.iter().copied())
+        .chain(["UPDATE drover_meta SET value = '3' WHERE key = 'schema_version'"])
+        .map(str::to_owned)
+        .collect()
 }
 
 const SQLITE_SERIAL: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
@@ -500,7 +549,7 @@ impl Store {
     /// write lock first (a no-op update of the version), reads the version
     /// again, and does nothing if another engine migrated meanwhile.
     async fn migrate(db: &Db, location: &str, judged: Judged) -> Result<(), StoreError> {
-        if judged != Judged::Existing(1) {
+        if !matches!(judged, Judged::Existing(1 | 2)) {
             return Ok(());
         }
         let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
@@ -518,9 +567,33 @@ impl Store {
                 .await
                 .map_err(db_err)?
                 .get(0);
+            let mut steps = Vec::new();
             if version == "1" {
-                for statement in migrate_1_to_2() {
-                    sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await.map_err(db_err)?;
+                steps.extend(migrate_1_to_2());
+            }
+            if version == "1" || version == "2" {
+                steps.extend(migrate_2_to_3());
+            }
+            for statement in &steps {
+                sqlx::query(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *tx).await.map_err(db_err)?;
+            }
+            if !steps.is_empty() {
+                // Version 3's state column, from each process's checkpoint.
+                let rows = sqlx::query("SELECT id, checkpoint FROM processes").fetch_all(&mut *tx).await.map_err(db_err)?;
+                let states: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|r| (r.get::<String, _>(0), drover_kind::envelope_state_name(&r.get::<String, _>(1))))
+                    .collect();
+                for part in states.chunks(CHUNK) {
+                    let sql = format!(
+                        "UPDATE processes SET state = v.column2 FROM (VALUES {}) AS v WHERE processes.id = v.column1",
+                        placeholders(part.len(), 2)
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (id, state) in part {
+                        query = query.bind(id).bind(state);
+                    }
+                    query.execute(&mut *tx).await.map_err(db_err)?;
                 }
             }
             tx.commit().await.map_err(db_err)?;
@@ -964,6 +1037,175 @@ impl Store {
         }))
     }
 
+    /// One page of the processes that match `filter`, oldest first (by
+    /// `created_at`, then `id`), starting after `after`: the filter and
+    /// the page are SQL, each a range of one index, so a page costs the
+    /// same however many processes the store holds. Paging from no cursor
+    /// to the last page returns every process that was there all along
+    /// exactly once, whatever is inserted or removed meanwhile.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping it changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn list_page(
+        &self,
+        filter: &ListFilter,
+        after: Option<&Cursor>,
+        limit: PageLimit,
+    ) -> Result<Page, StoreError> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut binds: Vec<Bind<'_>> = Vec::new();
+        fn arg<'a>(binds: &mut Vec<Bind<'a>>, value: Bind<'a>) -> String {
+            binds.push(value);
+            format!("${}", binds.len())
+        }
+        match filter.state.as_deref() {
+            None => {}
+            Some("active") => clauses.push("NOT terminal".to_owned()),
+            // A paused process's status, or a state of that name.
+            Some("paused") => clauses.push("((paused AND NOT terminal) OR state = 'paused')".to_owned()),
+            Some(state) => clauses.push(format!("state = {}", arg(&mut binds, Bind::Text(state)))),
+        }
+        for (column, value) in [("kind", &filter.kind), ("place", &filter.place), ("parent", &filter.parent)] {
+            if let Some(value) = value {
+                clauses.push(format!("{column} = {}", arg(&mut binds, Bind::Text(value))));
+            }
+        }
+        if let Some(cursor) = after {
+            let (at, id) = (arg(&mut binds, Bind::Int(cursor.created_at)), arg(&mut binds, Bind::Text(&cursor.id)));
+            clauses.push(format!("(created_at > {at} OR (created_at = {at} AND id > {id}))"));
+        }
+        let limit = limit.get();
+        let fetch = arg(&mut binds, Bind::Int(i64::try_from(limit).unwrap_or(i64::MAX) + 1));
+        let filter = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let sql = format!("SELECT {COLS} FROM processes {filter} ORDER BY created_at, id LIMIT {fetch}");
+        let mut processes: Vec<StoredProcess> = on_db!(&self.db, pool => {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for bind in &binds {
+                query = match bind {
+                    Bind::Text(text) => query.bind(*text),
+                    Bind::Int(n) => query.bind(*n),
+                };
+            }
+            query.fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter().map(process).collect()
+        });
+        let next = if processes.len() > limit {
+            processes.truncate(limit);
+            processes.last().map(Cursor::after)
+        } else {
+            None
+        };
+        Ok(Page { processes, next })
+    }
+
+    /// How many processes there are per status: a state's name, or `paused`
+    /// for a paused process that has not ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping it changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        const SQL: &str = "SELECT CASE WHEN paused AND NOT terminal THEN 'paused' ELSE state END AS status, COUNT(*)
+                           FROM processes GROUP BY status ORDER BY status";
+        Ok(on_db!(&self.db, pool => {
+            sqlx::query(SQL).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect()
+        }))
+    }
+
+    /// Removes one batch of ended processes that ended before `before` (Unix
+    /// milliseconds), looking at up to `roots` processes without a parent,
+    /// in the order they ended, after `after`: each with its whole family
+    /// (its children, theirs, ...), and only families in which every
+    /// process has ended and left no work to finish (a cancel to confirm).
+    /// A family goes with its event log in one transaction: the store never
+    /// holds a process without its events, nor events without their process.
+    /// With `dry_run`, nothing is removed: the batch says what would be.
+    ///
+    /// Call it again from [`PruneBatch::next`] until that is `None`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it returns rolls the batch back whole, or leaves
+    /// it committed whole.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`]; nothing of the batch is removed then.
+    pub async fn prune_batch(
+        &self,
+        before: i64,
+        after: Option<&PruneCursor>,
+        roots: PageLimit,
+        dry_run: bool,
+    ) -> Result<PruneBatch, StoreError> {
+        let start = after.cloned().unwrap_or(PruneCursor { updated_at: i64::MIN, id: String::new() });
+        let roots_sql = "SELECT id, updated_at FROM processes
+            WHERE terminal AND NOT pending_work AND parent IS NULL AND updated_at < $1
+            AND (updated_at > $2 OR (updated_at = $2 AND id > $3))
+            ORDER BY updated_at, id LIMIT $4";
+        let db_err = |e: sqlx::Error| self.db_err(e);
+        let limit = i64::try_from(roots.get()).unwrap_or(i64::MAX);
+        on_db!(&self.db, db => {
+            let mut tx = db.begin().await.map_err(db_err)?;
+            let found: Vec<(String, i64)> = sqlx::query(roots_sql).bind(before).bind(start.updated_at).bind(&start.id).bind(limit)
+                .fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let next = if found.len() as i64 == limit {
+                found.last().map(|(id, updated_at)| PruneCursor { updated_at: *updated_at, id: id.clone() })
+            } else {
+                None
+            };
+            // Their families, each member with its root and its depth.
+            let mut members: Vec<(String, i64, StoredProcess)> = Vec::new();
+            for part in found.chunks(CHUNK) {
+                let list = (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "WITH RECURSIVE fam(root, id, depth) AS (
+                        SELECT id, id, CAST(0 AS BIGINT) FROM processes WHERE id IN ({list})
+                        UNION ALL SELECT fam.root, c.id, fam.depth + 1 FROM processes c JOIN fam ON c.parent = fam.id
+                     ) SELECT fam.root AS root, fam.depth AS depth, {P_COLS} FROM fam JOIN processes p ON p.id = fam.id"
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, _) in part {
+                    query = query.bind(id);
+                }
+                for row in query.fetch_all(&mut *tx).await.map_err(db_err)? {
+                    members.push((row.get("root"), row.get("depth"), process(&row)));
+                }
+            }
+            // A family with a member that has not ended (or left work) stays whole.
+            let kept: std::collections::HashSet<String> =
+                members.iter().filter(|(_, _, p)| !p.terminal || p.pending_work).map(|(root, _, _)| root.clone()).collect();
+            members.retain(|(root, _, _)| !kept.contains(root));
+            // Children before their parents: no statement removes a parent whose child stays.
+            members.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.2.id.cmp(&b.2.id)));
+            let processes: Vec<StoredProcess> = members.into_iter().map(|(_, _, p)| p).collect();
+            if !dry_run {
+                for part in processes.chunks(CHUNK) {
+                    let list = (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                    for table in ["events WHERE process_id", "processes WHERE id"] {
+                        let sql = format!("DELETE FROM {table} IN ({list})");
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                        for p in part {
+                            query = query.bind(&p.id);
+                        }
+                        query.execute(&mut *tx).await.map_err(db_err)?;
+                    }
+                }
+                tx.commit().await.map_err(db_err)?;
+            }
+            Ok(PruneBatch { processes, next })
+        })
+    }
+
     /// How many processes the store holds.
     ///
     /// # Errors
@@ -1229,17 +1471,17 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 // VALUES columns are `column1`, `column2`, ... in SQLite and PostgreSQL alike.
                 let sql = format!(
                     "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
-                     pending_work = v.column6
+                     pending_work = v.column6, state = v.column9
                      FROM (VALUES {}) AS v
                      WHERE processes.id = v.column1 AND (v.column7 = '' OR (processes.owner = v.column7 AND processes.epoch = v.column8))
                      RETURNING processes.id",
-                    placeholders(records.len(), 8)
+                    placeholders(records.len(), 9)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (_, id, r, at) in &records {
                     let (owner, epoch) = r.fence.as_ref().map_or(("", 0), |f| (f.owner.as_str(), f.epoch));
                     query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at)
-                        .bind(r.pending_work).bind(owner).bind(epoch);
+                        .bind(r.pending_work).bind(owner).bind(epoch).bind(drover_kind::envelope_state_name(&r.checkpoint));
                 }
                 // A process inserted in this very group is not updated yet: updated below, after the inserts.
                 let updated: std::collections::HashSet<String> =
@@ -1270,16 +1512,17 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
             inserts.extend(children);
             for part in inserts.chunks(CHUNK / 2) {
                 let sql = format!(
-                    "INSERT INTO processes (id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, owner, epoch, host, place)
+                    "INSERT INTO processes (id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, owner, epoch, host, place, state)
                      VALUES {}",
-                    placeholders(part.len(), 13)
+                    placeholders(part.len(), 14)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (p, parent, at) in part {
                     let parent = parent.map(str::to_owned).or_else(|| p.parent.clone());
                     let epoch: i64 = if p.owner.is_some() { 1 } else { 0 };
                     query = query.bind(&p.id).bind(&p.kind).bind(&p.spec).bind(parent).bind(&p.checkpoint)
-                        .bind(false).bind(false).bind(*at).bind(*at).bind(&p.owner).bind(epoch).bind(&p.host).bind(&p.place);
+                        .bind(false).bind(false).bind(*at).bind(*at).bind(&p.owner).bind(epoch).bind(&p.host).bind(&p.place)
+                        .bind(drover_kind::envelope_state_name(&p.checkpoint));
                 }
                 query.execute(&mut *tx).await.map_err(db_err)?;
             }
@@ -1288,12 +1531,13 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
             if !fresh.is_empty() {
                 let sql = format!(
                     "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
-                     pending_work = v.column6 FROM (VALUES {}) AS v WHERE processes.id = v.column1",
-                    placeholders(fresh.len(), 6)
+                     pending_work = v.column6, state = v.column7 FROM (VALUES {}) AS v WHERE processes.id = v.column1",
+                    placeholders(fresh.len(), 7)
                 );
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for (_, id, r, at) in fresh {
-                    query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at).bind(r.pending_work);
+                    query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at).bind(r.pending_work)
+                        .bind(drover_kind::envelope_state_name(&r.checkpoint));
                 }
                 query.execute(&mut *tx).await.map_err(db_err)?;
             }

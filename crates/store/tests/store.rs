@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use drover_core::{DriveMode, Process, spawn_recorded};
 use drover_shell::{Governor, ShellProcess, ShellSpec, ShellState};
-use drover_store::{CheckpointError, NewProcess, Store, StoreError, StoreRecorder, decode, encode};
+use drover_store::{
+    CheckpointError, Cursor, ListFilter, NewProcess, PageLimit, Store, StoreError, StoreRecorder, decode, encode,
+};
 use tokio::task::LocalSet;
 
 const PG_URL_FILE: &str = "/tmp/drover-services/postgres/url";
@@ -302,6 +304,12 @@ async fn a_version_1_store_is_migrated_keeping_everything() {
         (r#"{"state":"Queued","v":2}"#, None, 0, false)
     );
     assert_eq!(store.events("run").await.unwrap().len(), 1);
+    // Version 3's state column, read from each checkpoint, filters lists.
+    let by_state = |state: &str| ListFilter { state: Some(state.to_owned()), ..ListFilter::default() };
+    let page = store.list_page(&by_state("killed"), None, PageLimit::default()).await.unwrap();
+    assert_eq!(page.processes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["k"]);
+    let page = store.list_page(&by_state("queued"), None, PageLimit::default()).await.unwrap();
+    assert_eq!(page.processes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["run"]);
     // The unconfirmed cancel is work left to finish, for whichever engine recovers.
     let k = store.get("k").await.unwrap().unwrap();
     assert!(k.pending_work && k.terminal);
@@ -371,4 +379,155 @@ async fn sqlite_a_lease_revives_unless_another_engine_took_over() {
 #[tokio::test]
 async fn postgres_a_lease_revives_unless_another_engine_took_over() {
     a_lease_revives_unless_another_engine_took_over(Backend::Postgres).await;
+}
+
+fn ended(exit_code: i32) -> String {
+    encode(&ShellState::Finished { exit_code, ran_for: Duration::ZERO })
+}
+
+/// Every page from the first to the last, with a page of `limit`.
+async fn all_pages(store: &Store, filter: &ListFilter, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_page(filter, cursor.as_ref(), PageLimit::new(limit).unwrap()).await.unwrap();
+        assert!(page.processes.len() <= limit);
+        ids.extend(page.processes.into_iter().map(|p| p.id));
+        match page.next {
+            Some(next) => cursor = Some(Cursor::parse(&next.to_string()).unwrap()),
+            None => return ids,
+        }
+    }
+}
+
+async fn pages_list_every_process_once(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&backend, dir.path()).await;
+    let first: Vec<NewProcess> = (0..600).map(|i| new_process(&format!("p{i:04}"))).collect();
+    store.insert_all(first).await.unwrap();
+    // Pages read while others insert: every process there from the start
+    // comes exactly once, and nothing comes twice.
+    let inserting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                store.insert(new_process(&format!("new{i:04}"))).await.unwrap();
+            }
+        })
+    };
+    let ids = all_pages(&store, &ListFilter::default(), 7).await;
+    inserting.await.unwrap();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a process came twice");
+    for i in 0..600 {
+        assert!(unique.contains(&format!("p{i:04}")), "p{i:04} was skipped");
+    }
+    let all = all_pages(&store, &ListFilter::default(), 10_000).await;
+    assert_eq!(all.len(), 900);
+    assert_eq!(all, store.list().await.unwrap().into_iter().map(|p| p.id).collect::<Vec<_>>(), "the list's order");
+
+    // Filters, in SQL: a state, `paused`, `active`, a kind, a place, a parent.
+    store.record("p0001", ended(0), false, true).await.unwrap();
+    store.record("p0002", encode(&ShellState::Queued), true, false).await.unwrap();
+    store.insert(NewProcess { place: Some("cluster".into()), ..new_process("on-cluster") }).await.unwrap();
+    store
+        .insert(NewProcess { parent: Some("p0003".into()), kind: "group".into(), ..new_process("child") })
+        .await
+        .unwrap();
+    let check = |state: Option<&str>, kind: Option<&str>, place: Option<&str>, parent: Option<&str>| ListFilter {
+        state: state.map(str::to_owned),
+        kind: kind.map(str::to_owned),
+        place: place.map(str::to_owned),
+        parent: parent.map(str::to_owned),
+    };
+    assert_eq!(all_pages(&store, &check(Some("finished"), None, None, None), 2).await, ["p0001"]);
+    assert_eq!(all_pages(&store, &check(Some("paused"), None, None, None), 2).await, ["p0002"]);
+    assert_eq!(all_pages(&store, &check(Some("active"), None, None, None), 500).await.len(), 901);
+    assert_eq!(
+        all_pages(&store, &check(Some("queued"), None, None, None), 500).await.len(),
+        901,
+        "its state, paused or not"
+    );
+    assert_eq!(all_pages(&store, &check(None, Some("group"), None, None), 2).await, ["child"]);
+    assert_eq!(all_pages(&store, &check(None, None, Some("cluster"), None), 2).await, ["on-cluster"]);
+    assert_eq!(all_pages(&store, &check(None, None, None, Some("p0003")), 2).await, ["child"]);
+    assert!(all_pages(&store, &check(Some("finished"), Some("group"), None, None), 2).await.is_empty());
+    let counts = store.status_counts().await.unwrap();
+    assert_eq!(counts, [("finished".to_owned(), 1), ("paused".to_owned(), 1), ("queued".to_owned(), 900)]);
+    // A bad cursor or size is refused.
+    assert!(matches!(Cursor::parse("c9.1.61"), Err(StoreError::Invalid(_))));
+    assert!(matches!(PageLimit::new(10_001), Err(StoreError::Invalid(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pages_list_every_process_once() {
+    pages_list_every_process_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pages_list_every_process_once() {
+    pages_list_every_process_once(Backend::Postgres).await;
+}
+
+/// Every batch of a prune of what ended before `before`, one root at a time.
+async fn prune_all(store: &Store, before: i64, dry_run: bool) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        let batch = store.prune_batch(before, cursor.as_ref(), PageLimit::new(1).unwrap(), dry_run).await.unwrap();
+        ids.extend(batch.processes.into_iter().map(|p| p.id));
+        match batch.next {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+async fn prune_removes_only_ended_families(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&backend, dir.path()).await;
+    for id in ["done", "fam", "mixed", "running", "pending"] {
+        store.insert(new_process(id)).await.unwrap();
+    }
+    let child = |id: &str, parent: &str| NewProcess { parent: Some(parent.into()), ..new_process(id) };
+    store.insert_all(vec![child("fam.1", "fam"), child("fam.2", "fam"), child("mixed.1", "mixed")]).await.unwrap();
+    store.insert(child("fam.1.a", "fam.1")).await.unwrap();
+    for id in ["done", "fam.1.a", "fam.1", "fam.2", "fam", "mixed"] {
+        store.record(id, ended(0), false, true).await.unwrap();
+    }
+    // A cancel still to confirm: not yet.
+    let mut pending = drover_store::Record::new(ended(1), false, true);
+    pending.pending_work = true;
+    store.commit_record("pending", pending).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = drover_kind::now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.insert(new_process("late")).await.unwrap();
+    store.record("late", ended(0), false, true).await.unwrap();
+
+    let mut would = prune_all(&store, cutoff, true).await;
+    would.sort();
+    assert_eq!(would, ["done", "fam", "fam.1", "fam.1.a", "fam.2"]);
+    assert_eq!(store.count().await.unwrap(), 10, "a dry run removes nothing");
+    let mut pruned = prune_all(&store, cutoff, false).await;
+    pruned.sort();
+    assert_eq!(pruned, would);
+    let mut left: Vec<String> = store.list().await.unwrap().into_iter().map(|p| p.id).collect();
+    left.sort();
+    assert_eq!(left, ["late", "mixed", "mixed.1", "pending", "running"]);
+    for gone in &pruned {
+        assert!(store.events(gone).await.unwrap().is_empty(), "{gone}'s events");
+    }
+    assert_eq!(store.events("late").await.unwrap().len(), 2);
+    assert!(prune_all(&store, cutoff, false).await.is_empty(), "a second prune finds nothing");
+}
+
+#[tokio::test]
+async fn sqlite_prune_removes_only_ended_families() {
+    prune_removes_only_ended_families(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_prune_removes_only_ended_families() {
+    prune_removes_only_ended_families(Backend::Postgres).await;
 }
