@@ -55,15 +55,22 @@ fn main() {
     let active = (size / 1000).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("list.db");
-    let path = path.to_str().unwrap();
+    // `--db PATH` keeps the store for the next run, which then inserts nothing.
+    let path = args
+        .iter()
+        .position(|a| a == "--db")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| dir.path().join("list.db").display().to_string(), Clone::clone);
+    let path = path.as_str();
     println!("drover-store list benchmark: {size} ended processes and {active} unfinished ones, in SQLite\n");
 
     let store = rt.block_on(Store::open(path)).unwrap();
+    let have = usize::try_from(rt.block_on(store.count()).unwrap()).unwrap_or(0);
+    let size = if have > 0 { have - active } else { size };
     let spec = r#"{"kind":"shell","spec":{"program":"true","args":[]}}"#.to_owned();
     let (_, inserted) = timed(&rt, async {
         let batch = 10_000;
-        for start in (0..size + active).step_by(batch) {
+        for start in (have..size + active).step_by(batch) {
             let ids: Vec<String> =
                 (start..(start + batch).min(size + active)).map(|i| format!("run-x.job{i:07}")).collect();
             let new = ids.iter().map(|id| NewProcess::new(id.clone(), "shell", spec.clone(), encode(&Demo::Queued)));
