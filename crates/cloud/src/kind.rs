@@ -213,6 +213,11 @@ impl Kind for CloudKind {
         CloudState::Failed { reason, exit_code: None }
     }
 
+    /// The directory its logs are fetched into.
+    fn outputs(job: &CloudJob) -> Vec<PathBuf> {
+        vec![job.spec.local_dir.clone()]
+    }
+
     fn logs(job: &CloudJob, stream: Stream) -> Result<LogPlan, String> {
         if stream == Stream::Stderr {
             return Err("has one log per container in Kubernetes: its stdout".to_owned());

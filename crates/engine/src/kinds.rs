@@ -135,6 +135,10 @@ pub trait KindInfo {
     fn place(&self, job: &Job) -> Option<String>;
     /// How a terminal checkpoint ended.
     fn ended(&self, checkpoint: &str) -> Option<Ended>;
+    /// See [`Kind::outputs`]; none when the spec does not read.
+    fn outputs(&self, job: &Job) -> Vec<std::path::PathBuf>;
+    /// See [`Kind::records`].
+    fn records(&self, id: &str, binding: Option<&str>) -> Vec<std::path::PathBuf>;
 }
 
 struct Static<K>(PhantomData<fn() -> K>);
@@ -163,6 +167,12 @@ impl<K: Kind> KindInfo for Static<K> {
     }
     fn ended(&self, checkpoint: &str) -> Option<Ended> {
         decode::<K::State>(checkpoint).ok().map(|s| K::ended(&s))
+    }
+    fn outputs(&self, job: &Job) -> Vec<std::path::PathBuf> {
+        job.spec::<K>().and_then(Result::ok).map(|s| K::outputs(&s)).unwrap_or_default()
+    }
+    fn records(&self, id: &str, binding: Option<&str>) -> Vec<std::path::PathBuf> {
+        K::records(id, binding)
     }
 }
 

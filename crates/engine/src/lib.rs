@@ -32,10 +32,14 @@
 //! [`Engine::resume`], [`Engine::kill`]), describes them from the store
 //! ([`Engine::list`], [`Engine::show`]) and announces every state change on a
 //! broadcast channel ([`Engine::changes`]): what a daemon's control API needs.
+//!
+//! [`prune`] removes ended processes from a store, with their events and
+//! their files in the data directory, with or without an engine.
 
 mod info;
 mod inner;
 mod kinds;
+mod prune;
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -54,6 +58,7 @@ pub use drover_shell::raise_open_files_limit;
 pub use info::{ProcessDetail, ProcessInfo, Transition};
 pub use inner::{DEFAULT_LEASE, Identity, hostname};
 pub use kinds::{KindInfo, Kinds, all as kinds, plan, sections};
+pub use prune::{MAX_AGE, MAX_NAMED, MIN_AGE, PruneOptions, PruneReport, check_age, parse_age, prune};
 
 use inner::Inner;
 use kinds::Start;

@@ -155,6 +155,26 @@ pub trait Kind: Sized + 'static {
     /// A message when this stream is not kept at all.
     fn logs(spec: &Self::Spec, stream: Stream) -> Result<LogPlan, String>;
 
+    /// The local files and directories that hold a process's outputs, which
+    /// `drover prune --outputs` removes with it: its log files, unless the
+    /// kind says more (a directory of retrieved files).
+    fn outputs(spec: &Self::Spec) -> Vec<PathBuf> {
+        [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .filter_map(|stream| Self::logs(spec, stream).ok())
+            .flat_map(|plan| std::iter::once(plan.local).chain(plan.why_not))
+            .collect()
+    }
+
+    /// The files drover itself keeps for a process of id `id` besides its
+    /// outputs (a shell process's supervisor record), which `drover prune`
+    /// removes with it; `binding` is what [`binding`](Kind::binding) said
+    /// when it was stored.
+    fn records(id: &str, binding: Option<&str>) -> Vec<PathBuf> {
+        let _ = (id, binding);
+        Vec::new()
+    }
+
     /// Reads the log from where the process runs, when its local copy is not
     /// there yet: `None` when there is nowhere else to read it from.
     ///

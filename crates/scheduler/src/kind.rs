@@ -2,7 +2,7 @@
 //! scheduler jobs, and reads its computers from `computers.toml`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +181,11 @@ impl Kind for SchedulerKind {
 
     fn failed(state: &JobState, reason: String) -> JobState {
         JobState::Failed { job_id: state.job_id().map(str::to_owned), reason }
+    }
+
+    /// The directory its files are retrieved into.
+    fn outputs(job: &SchedulerJob) -> Vec<PathBuf> {
+        vec![job.spec.local_dir.clone()]
     }
 
     fn logs(job: &SchedulerJob, stream: Stream) -> Result<LogPlan, String> {

@@ -132,6 +132,12 @@ impl Kind for ShellKind {
         bound.split_once(':').is_some_and(|(host, _)| host == hostname())
     }
 
+    /// Its supervisor's record: `<run root>/<id>`, under the run root it
+    /// was bound to.
+    fn records(id: &str, binding: Option<&str>) -> Vec<PathBuf> {
+        binding.and_then(|b| b.split_once(':')).map(|(_, root)| PathBuf::from(root).join(id)).into_iter().collect()
+    }
+
     fn describe(job: &ShellJob) -> Vec<(&'static str, String)> {
         let spec = &job.spec;
         let words = std::iter::once(spec.program.as_str()).chain(spec.args.iter().map(String::as_str));
