@@ -47,6 +47,13 @@ pub(crate) struct DaemonOptions {
     /// (of opening, or of its last answer) is closed (1 to 3600 s).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     idle_timeout_secs: u64,
+    /// Prune, every tenth of this age, the processes that ended at least
+    /// this long ago (as `drover prune --older-than`; off by default).
+    #[arg(long, value_name = "AGE", value_parser = drover_engine::parse_age)]
+    retention: Option<Duration>,
+    /// With `--retention`, their outputs too.
+    #[arg(long, requires = "retention")]
+    retention_outputs: bool,
 }
 
 /// How `daemon start` hands the store's location to the daemon.
@@ -91,6 +98,9 @@ pub(crate) fn run(data: &Path, config_dir: &Path, options: DaemonOptions) -> Exi
         allow_non_loopback: options.allow_non_loopback,
         max_connections: usize::try_from(options.max_connections).unwrap_or(usize::MAX),
         idle_timeout: Duration::from_secs(options.idle_timeout_secs),
+        retention: options
+            .retention
+            .map(|older_than| drover_daemon::Retention { older_than, outputs: options.retention_outputs }),
     };
     tracing::info!(data_dir = %data.display(), pid = std::process::id(), "drover daemon starting");
     match drover_daemon::run(config) {
@@ -161,6 +171,12 @@ pub(crate) fn start(data: &Path, config_dir: &Path, options: DaemonOptions) -> E
     args.extend(["--lease-secs".into(), options.lease_secs.to_string()]);
     args.extend(["--max-connections".into(), options.max_connections.to_string()]);
     args.extend(["--idle-timeout-secs".into(), options.idle_timeout_secs.to_string()]);
+    if let Some(retention) = options.retention {
+        args.extend(["--retention".into(), format!("{}s", retention.as_secs())]);
+    }
+    if options.retention_outputs {
+        args.push("--retention-outputs".into());
+    }
     // Not on the command line, where any local user could read a password.
     let store = options.store;
     let spawned = std::env::current_exe().and_then(|exe| {

@@ -106,6 +106,33 @@ enum Command {
     List {
         #[command(flatten)]
         filter: remote::FilterArgs,
+        /// At most this many (the oldest first) [default: all of them, read
+        /// a page at a time].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes ended processes (finished, failed, killed, lost) with their
+    /// events and supervisor records, and with `--outputs`, their outputs;
+    /// never one that has not ended, nor anything outside the data directory.
+    ///
+    /// Through the daemon when one runs, else on the embedded store.
+    #[command(
+        after_help = "Examples:\n  drover prune --older-than 30d --dry-run\n  drover prune --older-than 12h --outputs"
+    )]
+    Prune {
+        /// Those that ended at least this long ago: a number and a unit, s,
+        /// m, h, d or w (1 s to 100 years).
+        #[arg(long, value_name = "AGE", value_parser = drover_engine::parse_age)]
+        older_than: std::time::Duration,
+        /// Their outputs too: `.out`/`.err` files, retrieved directories.
+        #[arg(long)]
+        outputs: bool,
+        /// Say what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -231,7 +258,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { files, jobs, resume } => run(&data, &config, &files, jobs, resume),
         Command::Submit { files, json } => remote::submit(&data, &files, json),
-        Command::List { filter, json } => remote::list(&data, filter.into(), json),
+        Command::List { filter, limit, json } => {
+            remote::list(&data, filter.into(), limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)), json)
+        }
+        Command::Prune { older_than, outputs, dry_run, json } => {
+            let options = drover_engine::PruneOptions { older_than_secs: older_than.as_secs(), outputs, dry_run };
+            remote::prune(&data, options, json)
+        }
         Command::Show { id, json } => remote::show(&data, &id, json),
         Command::Pause(targets) => remote::control(&data, Action::Pause, targets),
         Command::Resume(targets) => remote::control(&data, Action::Resume, targets),

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use drover_daemon::api::{
     Control, ControlResults, Filter, Info, LogChunk, NewJob, ProcessDetail, ProcessList, Stream, Submit, Submitted,
+    encode,
 };
 use drover_daemon::{Client, ClientError, Paths, StatusCode};
-use drover_engine::{Action, ProcessInfo};
+use drover_engine::{Action, ProcessInfo, PruneOptions, PruneReport};
 
 use crate::daemon::{client, runtime};
 use crate::{EXIT_BAD_INPUT, EXIT_NO_DAEMON, fmt, jobfile};
@@ -146,33 +147,12 @@ pub(crate) fn submit(data: &Path, files: &[PathBuf], json: bool) -> ExitCode {
     }))
 }
 
-fn query(filter: &Filter) -> String {
-    let mut parts = Vec::new();
-    let fields =
-        [("state", &filter.state), ("kind", &filter.kind), ("computer", &filter.computer), ("parent", &filter.parent)];
-    for (key, value) in fields {
-        if let Some(v) = value {
-            parts.push(format!("{key}={}", encode(v)));
-        }
-    }
-    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `drover list`.
-pub(crate) fn list(data: &Path, filter: Filter, json: bool) -> ExitCode {
+/// Every matching process, page after page, or the first `limit`.
+pub(crate) fn list(data: &Path, filter: Filter, limit: Option<usize>, json: bool) -> ExitCode {
     let rt = runtime();
     finish(rt.block_on(async {
-        let list: ProcessList = client(data).get(&format!("/v1/processes{}", query(&filter))).await?;
+        let list = client(data).list(&filter, limit).await?;
         if json {
             json_pretty(&list);
             return Ok(ExitCode::SUCCESS);
@@ -200,6 +180,46 @@ pub(crate) fn list(data: &Path, filter: Filter, json: bool) -> ExitCode {
             list.processes.len(),
             if per.is_empty() { "-".into() } else { per.join(", ") }
         );
+        Ok(ExitCode::SUCCESS)
+    }))
+}
+
+/// `drover prune`: through the daemon when one serves the data directory,
+/// else on the embedded store (`drover.db` in it) directly.
+pub(crate) fn prune(data: &Path, options: PruneOptions, json: bool) -> ExitCode {
+    let rt = runtime();
+    finish(rt.block_on(async {
+        let report: PruneReport = if Paths::new(data).running_pid().is_some() {
+            client(data).post("/v1/prune", &options).await?
+        } else {
+            let path = Paths::new(data).store();
+            if !path.exists() {
+                return Err(Failure(EXIT_BAD_INPUT, format!("no store in {} (and no daemon)", data.display())));
+            }
+            let store =
+                drover_store::Store::open(&path.display().to_string()).await.map_err(|e| Failure(1, e.to_string()))?;
+            drover_engine::prune(&store, data, &options).await.map_err(|e| Failure(1, e))?
+        };
+        if json {
+            json_pretty(&report);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let verb = if report.dry_run { "would remove" } else { "removed" };
+        for id in &report.ids {
+            println!("{verb:<13} {id}");
+        }
+        for path in &report.paths {
+            println!("{verb:<13} {path}");
+        }
+        for refused in &report.refused {
+            println!("left alone    {refused}");
+        }
+        let named = report.ids.len() + report.paths.len();
+        let all = report.processes + report.files;
+        if usize::try_from(all).is_ok_and(|all| all > named) {
+            println!("(and {} more not named)", all - named as u64);
+        }
+        println!("{verb} {} ended processes (with their events) and {} files", report.processes, report.files);
         Ok(ExitCode::SUCCESS)
     }))
 }
@@ -234,7 +254,7 @@ fn resolve(given: &str, all: &[ProcessInfo], control: bool) -> Result<String, Fa
 }
 
 async fn all_processes(client: &Client) -> Result<Vec<ProcessInfo>, Failure> {
-    Ok(client.get::<ProcessList>("/v1/processes").await?.processes)
+    Ok(client.list(&Filter::default(), None).await?.processes)
 }
 
 /// `drover show`.
@@ -355,9 +375,10 @@ pub(crate) fn watch(data: &Path, filter: Filter, json: bool) -> ExitCode {
         let client = client(data);
         let mut events = client.events("/v1/events").await?;
         if !json {
-            let list: ProcessList = client.get("/v1/processes").await?;
+            let list: ProcessList = client.get("/v1/processes?limit=1").await?;
             let per: Vec<String> = list.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-            println!("watching {} processes ({}); Ctrl-C to stop", list.processes.len(), per.join(", "));
+            let total: usize = list.counts.values().sum();
+            println!("watching {total} processes ({}); Ctrl-C to stop", per.join(", "));
         }
         while let Some(event) = events.next().await? {
             match event.event.as_str() {

@@ -270,3 +270,35 @@ fn a_daemon_follows_a_scheduler_job_and_reads_its_output_on_the_cluster_then_loc
     assert_eq!((shown["state"].as_str(), shown["exit_code"].as_i64()), (Some("finished"), Some(0)), "{shown}");
     assert_eq!(run(&["logs", "remote.slow"]), "start\nend\n");
 }
+
+#[test]
+fn prune_without_a_daemon_removes_ended_jobs_and_with_outputs_their_files() {
+    let data = tempfile::tempdir().unwrap();
+    let jobs = data.path().join("jobs.toml");
+    std::fs::write(
+        &jobs,
+        "[[job]]\nid = \"a\"\ncommand = \"echo\"\nargs = [\"hi\"]\n\n[[job]]\nid = \"b\"\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let out = drover(data.path(), &["run", jobs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = std::fs::read_dir(data.path().join("runs")).unwrap().flatten().next().unwrap().path();
+    let a_out = run.join("jobs.a.out");
+    assert!(a_out.exists(), "{}", a_out.display());
+    for bad in ["0s", "30", "5y", "-1d"] {
+        let out = drover(data.path(), &["prune", "--older-than", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = drover(data.path(), &["prune", "--older-than", "1s", "--outputs", "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("would remove 2 ended processes"), "{stdout}");
+    assert!(a_out.exists(), "a dry run removes nothing");
+    let out = drover(data.path(), &["prune", "--older-than", "1s", "--outputs", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["processes"], 2, "{report}");
+    assert!(!a_out.exists(), "its output went with it");
+    let out = drover(data.path(), &["prune", "--older-than", "1s"]);
+    assert!(text(&out.stdout).contains("removed 0 ended processes"), "{}", text(&out.stdout));
+}

@@ -245,9 +245,40 @@ fn watch_prints_changes_as_they_happen() {
 }
 
 #[test]
+fn list_reads_page_after_page_and_prune_goes_through_the_daemon() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    expect(d, &["daemon", "start"], 0);
+    let _running = Running(d.to_path_buf());
+    let mut file = String::new();
+    for i in 0..12 {
+        file.push_str(&format!("[[job]]\nid = \"j{i:02}\"\ncommand = \"true\"\n\n"));
+    }
+    let jobs = write(d, "p.toml", &file);
+    expect(d, &["submit", &jobs], 0);
+    for i in 0..12 {
+        wait_state(d, &format!("p.j{i:02}"), "finished");
+    }
+    let all = json(d, &["list", "--json"]);
+    assert_eq!(all["processes"].as_array().unwrap().len(), 12);
+    let some = json(d, &["list", "--limit", "5", "--json"]);
+    assert_eq!(some["processes"].as_array().unwrap().len(), 5);
+    assert!(some["next_cursor"].is_string(), "{some}");
+    let table = expect(d, &["list", "--state", "finished"], 0);
+    assert!(table.contains("12 shown of 12"), "{table}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let pruned = expect(d, &["prune", "--older-than", "1s", "--outputs"], 0);
+    assert!(pruned.contains("removed 12 ended processes"), "{pruned}");
+    assert_eq!(json(d, &["list", "--json"])["processes"], serde_json::json!([]));
+    let out = drover(d, &["daemon", "start", "--retention", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
 fn help_has_examples_and_completions_are_generated() {
     let data = tempfile::tempdir().unwrap();
-    for command in ["run", "submit", "list", "show", "pause", "resume", "kill", "watch", "logs", "completions"] {
+    for command in ["run", "submit", "list", "show", "pause", "resume", "kill", "watch", "logs", "prune", "completions"]
+    {
         let help = expect(data.path(), &[command, "--help"], 0);
         assert!(help.contains("Examples:"), "drover {command} --help:\n{help}");
     }

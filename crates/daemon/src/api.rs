@@ -103,17 +103,43 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         self.state.is_none() && self.kind.is_none() && self.computer.is_none() && self.parent.is_none()
     }
+
+    /// The filter as query parameters, each followed by `&` (empty when no
+    /// field is set).
+    pub fn query(&self) -> String {
+        let fields =
+            [("state", &self.state), ("kind", &self.kind), ("computer", &self.computer), ("parent", &self.parent)];
+        fields.iter().filter_map(|(key, value)| value.as_ref().map(|v| format!("{key}={}&", encode(v)))).collect()
+    }
 }
 
-/// `GET /v1/processes`: the processes that match, and counts per status of
-/// all of them.
+/// Percent-encodes everything but unreserved characters, for a path or a
+/// query.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /v1/processes`: a page of the processes that match, and on the
+/// first page, counts per status of all of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessList {
     /// The processes, oldest first.
     pub processes: Vec<ProcessInfo>,
-    /// How many processes there are per status (over all, not only those listed).
+    /// How many processes there are per status (over all, not only those
+    /// listed); on the first page only (empty on the pages after a cursor).
+    #[serde(default)]
     pub counts: BTreeMap<String, usize>,
+    /// Where the next page starts (`cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+pub use drover_engine::{PruneOptions, PruneReport};
 
 /// One job to submit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, Filter, ProcessList, encode};
 
 /// Where the API is.
 #[derive(Clone, Debug)]
@@ -250,6 +250,37 @@ impl Client {
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).expect("a request serialises");
         self.json(Method::POST, path, Some(body)).await
+    }
+
+    /// The processes that match `filter`, oldest first: page after page of
+    /// `GET /v1/processes` (of at most 10,000 each) until the last, or
+    /// until `limit` processes came. The counts are the first page's.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping it abandons the pages not yet read.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`], as [`get`](Self::get).
+    pub async fn list(&self, filter: &Filter, limit: Option<usize>) -> Result<ProcessList, ClientError> {
+        const MOST: usize = 10_000;
+        let page = |have: usize, cursor: Option<&str>| {
+            let want = limit.map_or(MOST, |l| l.saturating_sub(have).clamp(1, MOST));
+            let after = cursor.map(|c| format!("&cursor={}", encode(c))).unwrap_or_default();
+            format!("/v1/processes?{}limit={want}{after}", filter.query())
+        };
+        let mut list: ProcessList = self.get(&page(0, None)).await?;
+        while let Some(cursor) = list.next_cursor.take() {
+            if limit.is_some_and(|l| list.processes.len() >= l) {
+                list.next_cursor = Some(cursor);
+                break;
+            }
+            let next: ProcessList = self.get(&page(list.processes.len(), Some(&cursor))).await?;
+            list.processes.extend(next.processes);
+            list.next_cursor = next.next_cursor;
+        }
+        Ok(list)
     }
 
     /// Opens a stream of server-sent events (`GET path`).

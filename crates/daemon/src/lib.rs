@@ -23,5 +23,5 @@ pub use hyper::{Method, StatusCode};
 pub use paths::{Paths, PrivateDirError, private_dir};
 pub use server::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DaemonConfig, DaemonError, MAX_CONNECTIONS_LIMIT, OPENAPI,
-    openapi_document, run,
+    Retention, openapi_document, run,
 };

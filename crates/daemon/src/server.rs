@@ -4,6 +4,11 @@
 //! runs on a second thread and reaches them only by messages ([`Call`]), each
 //! answered on a oneshot channel. So no process is ever touched from the
 //! API's thread, and a slow client cannot hold up a process.
+//!
+//! What needs no process is served on the API's thread from a store handle
+//! of its own (opened once the engine opened the store): `list` pages and
+//! filters in SQL there, and `prune` removes ended processes there, so
+//! neither ever waits for, or holds up, the engine's thread.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -23,7 +28,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use drover_engine::{
-    Action, ControlError, Engine, EngineError, Identity, Job, Kinds, LogError, ProcessDetail, ProcessInfo, hostname,
+    Action, ControlError, Engine, EngineError, Identity, Job, Kinds, LogError, ProcessDetail, ProcessInfo,
+    PruneOptions, PruneReport, hostname,
 };
 use drover_kind::now_ms;
 use drover_store::Store;
@@ -77,6 +83,20 @@ pub struct DaemonConfig {
     /// 100 ms to an hour; [`DEFAULT_IDLE_TIMEOUT`] by default. An answer
     /// being sent, such as an event stream, is never cut by it.
     pub idle_timeout: Duration,
+    /// Prune ended processes this old, periodically (off by default).
+    pub retention: Option<Retention>,
+}
+
+/// A daemon's retention: every so often (a tenth of `older_than`, from a
+/// second to an hour), the processes that ended at least `older_than` ago
+/// are pruned with their events and supervisor records, and with
+/// `outputs`, their outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// How long an ended process is kept (1 s to 100 years).
+    pub older_than: Duration,
+    /// Whether its outputs go with it.
+    pub outputs: bool,
 }
 
 /// The default of [`DaemonConfig::max_connections`].
@@ -131,7 +151,6 @@ type Reply<T> = oneshot::Sender<T>;
 
 /// A message from the API's thread to the engine's.
 enum Call {
-    List(Reply<Result<Vec<ProcessInfo>, String>>),
     Show(String, Reply<Result<Option<ProcessDetail>, String>>),
     Submit(Vec<(String, Job)>, Reply<Result<(), EngineError>>),
     Control(String, Action, Reply<Result<(), ControlError>>),
@@ -164,6 +183,10 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             "at most {} connections at once is not between 1 and {MAX_CONNECTIONS_LIMIT}",
             config.max_connections
         )));
+    }
+    if let Some(retention) = config.retention {
+        drover_engine::check_age(retention.older_than)
+            .map_err(|e| DaemonError::BadConfig(format!("retention: {e}")))?;
     }
     if !IDLE_TIMEOUT_RANGE.contains(&config.idle_timeout) {
         return Err(DaemonError::BadConfig(format!(
@@ -255,7 +278,20 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         ready: false,
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let app = App { calls, info: Arc::new(info), shutdown: shutdown.clone(), ready: ready.clone() };
+    let (store_open, store_opened) = tokio::sync::watch::channel(false);
+    let store = StoreSlot {
+        location: store_location.clone().into(),
+        opened: store_opened,
+        store: Arc::new(tokio::sync::OnceCell::new()),
+    };
+    let app = App {
+        calls,
+        info: Arc::new(info),
+        shutdown: shutdown.clone(),
+        ready: ready.clone(),
+        store,
+        retention: config.retention,
+    };
     let limits = Limits { max_connections: config.max_connections, idle_timeout: config.idle_timeout };
     let api = std::thread::Builder::new()
         .name("drover-api".into())
@@ -269,7 +305,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let local = Rc::new(LocalSet::new());
     let result = local.block_on(&rt, {
         let local = local.clone();
-        engine_main(config, paths.clone(), store_location, local, rx, shutdown, ready)
+        engine_main(config, paths.clone(), store_location, local, rx, shutdown, (store_open, ready))
     });
     // The API thread ends with the process: nothing is waited for, as after a crash.
     drop(api);
@@ -285,9 +321,11 @@ async fn engine_main(
     local: Rc<LocalSet>,
     mut calls: mpsc::UnboundedReceiver<Call>,
     shutdown: Arc<Notify>,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    (store_open, ready): (tokio::sync::watch::Sender<bool>, Arc<std::sync::atomic::AtomicBool>),
 ) -> Result<(), DaemonError> {
     let store = Store::open(&store_location).await.map_err(|e| DaemonError::Engine(e.to_string()))?;
+    // Created or migrated: the API's thread may open its own handle now.
+    let _ = store_open.send(true);
     let kinds = Kinds::from_config(&config.config, &config.config_path, &paths.supervise(), config.jobs, None)
         .await
         .map_err(DaemonError::Engine)?;
@@ -354,9 +392,6 @@ async fn engine_main(
 
 async fn answer(engine: Rc<Engine>, call: Call) {
     match call {
-        Call::List(reply) => {
-            let _ = reply.send(engine.list().await.map_err(|e| e.to_string()));
-        }
         Call::Show(id, reply) => {
             let _ = reply.send(engine.show(&id).await.map_err(|e| e.to_string()));
         }
@@ -426,6 +461,31 @@ struct App {
     shutdown: Arc<Notify>,
     /// Set once the store is open and recovery is done.
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The API thread's own handle on the store.
+    store: StoreSlot,
+    retention: Option<Retention>,
+}
+
+/// The API thread's handle on the store, opened on first use once the
+/// engine has opened (created or migrated) it.
+#[derive(Clone)]
+struct StoreSlot {
+    location: Arc<str>,
+    opened: tokio::sync::watch::Receiver<bool>,
+    store: Arc<tokio::sync::OnceCell<Store>>,
+}
+
+impl StoreSlot {
+    async fn get(&self) -> Result<Store, ApiError> {
+        let mut opened = self.opened.clone();
+        let open = opened.wait_for(|open| *open).await.is_ok();
+        if !open {
+            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "the engine could not open the store".into()));
+        }
+        let location = self.location.clone();
+        let store = self.store.get_or_try_init(|| async move { Store::open(&location).await }).await;
+        store.cloned().map_err(|e| internal(e.to_string()))
+    }
 }
 
 /// An error answer.
@@ -465,6 +525,9 @@ fn serve(
 ) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the API's runtime");
     rt.block_on(async move {
+        if let Some(retention) = app.retention {
+            tokio::spawn(retain(app.clone(), retention));
+        }
         let routes = router(app, limits.idle_timeout);
         let unix = tokio::net::UnixListener::from_std(unix).expect("a Unix listener");
         let on_unix = serve_on(unix, routes.clone(), limits);
@@ -532,6 +595,7 @@ fn router(app: App, idle_timeout: Duration) -> Router {
         .route("/v1/processes/{id}/logs", get(logs))
         .route("/v1/processes/{id}/{action}", post(control_one))
         .route("/v1/control", post(control))
+        .route("/v1/prune", post(prune))
         .route("/v1/events", get(events))
         .route("/v1/shutdown", post(shutdown))
         .with_state(app)
@@ -726,14 +790,85 @@ async fn info(State(app): State<App>) -> axum::Json<Info> {
     axum::Json(info)
 }
 
-async fn list(State(app): State<App>, Query(filter): Query<Filter>) -> Result<axum::Json<ProcessList>, ApiError> {
-    let all = app.call(Call::List).await?.map_err(internal)?;
-    let mut counts = BTreeMap::new();
-    for p in &all {
-        *counts.entry(p.status().to_owned()).or_insert(0) += 1;
+/// `GET /v1/processes`: a filter, and the page's size and start.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(flatten)]
+    filter: Filter,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A page of the list, from the API thread's own store handle: filtered and
+/// paged in SQL, never through the engine's thread. The first page (no
+/// cursor) carries the counts per status.
+async fn list(
+    State(app): State<App>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<ProcessList>, ApiError> {
+    let bad = |e: drover_store::StoreError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let limit = match query.limit.as_deref() {
+        None => drover_store::PageLimit::default(),
+        Some(text) => drover_store::PageLimit::new(text.parse().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit `{text}` is not a number of processes from 1 to {}", drover_store::MAX_PAGE),
+            )
+        })?)
+        .map_err(bad)?,
+    };
+    let cursor = query.cursor.as_deref().map(drover_store::Cursor::parse).transpose().map_err(bad)?;
+    let store = app.store.get().await?;
+    let filter = &query.filter;
+    let sql_filter = drover_store::ListFilter {
+        state: filter.state.clone(),
+        kind: filter.kind.clone(),
+        place: filter.computer.clone(),
+        parent: filter.parent.clone(),
+    };
+    let page = store.list_page(&sql_filter, cursor.as_ref(), limit).await.map_err(|e| internal(e.to_string()))?;
+    let counts: BTreeMap<String, usize> = if cursor.is_none() {
+        let counts = store.status_counts().await.map_err(|e| internal(e.to_string()))?;
+        counts.into_iter().map(|(status, n)| (status, usize::try_from(n).unwrap_or(0))).collect()
+    } else {
+        BTreeMap::new()
+    };
+    let processes = page.processes.iter().map(ProcessInfo::from_stored).collect();
+    Ok(axum::Json(ProcessList { processes, counts, next_cursor: page.next.map(|c| c.to_string()) }))
+}
+
+/// `POST /v1/prune`: on the API thread, from its own store handle.
+async fn prune(
+    State(app): State<App>,
+    body: Result<axum::Json<PruneOptions>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::Json<PruneReport>, ApiError> {
+    let axum::Json(options) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    drover_engine::check_age(Duration::from_secs(options.older_than_secs))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("older_than_secs: {e}")))?;
+    let store = app.store.get().await?;
+    let data_dir = PathBuf::from(&app.info.data_dir);
+    Ok(axum::Json(drover_engine::prune(&store, &data_dir, &options).await.map_err(internal)?))
+}
+
+/// The daemon's retention: a prune every tenth of its age (a second to an
+/// hour), on the API thread.
+async fn retain(app: App, retention: Retention) {
+    let every = (retention.older_than / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let options =
+        PruneOptions { older_than_secs: retention.older_than.as_secs(), outputs: retention.outputs, dry_run: false };
+    let data_dir = PathBuf::from(&app.info.data_dir);
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(store) = app.store.get().await else { return };
+        match drover_engine::prune(&store, &data_dir, &options).await {
+            Ok(report) if report.processes > 0 => {
+                tracing::info!(processes = report.processes, files = report.files, "retention: pruned");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention: could not prune"),
+        }
     }
-    let processes = all.into_iter().filter(|p| filter.matches(p)).collect();
-    Ok(axum::Json(ProcessList { processes, counts }))
 }
 
 async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<axum::Json<ProcessDetail>, ApiError> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use drover_cloud::{CloudJob, CloudKind};
 use drover_daemon::api::{
-    Control, ControlResults, Info, LogChunk, NewJob, ProcessDetail, ProcessList, Submit, Submitted,
+    Control, ControlResults, Info, LogChunk, NewJob, ProcessDetail, ProcessList, PruneReport, Submit, Submitted,
 };
 use drover_daemon::{Client, ClientError, DaemonConfig, DaemonError, Method, OPENAPI, Paths, StatusCode, Target};
 use drover_engine::{Action, Job, ProcessInfo};
@@ -52,6 +52,7 @@ fn config(dir: &Path) -> DaemonConfig {
         allow_non_loopback: false,
         max_connections: drover_daemon::DEFAULT_MAX_CONNECTIONS,
         idle_timeout: drover_daemon::DEFAULT_IDLE_TIMEOUT,
+        retention: None,
     }
 }
 
@@ -570,4 +571,158 @@ fn idle_connections_are_capped_and_closed_while_the_daemon_answers() {
     let began = Instant::now();
     assert_eq!(on_unix.read(&mut [0u8; 16]).unwrap(), 0, "an idle connection to the socket is closed");
     assert!(began.elapsed() < Duration::from_secs(4), "{:?}", began.elapsed());
+}
+
+/// Waits until every process in `ids` has ended.
+async fn wait_ended(client: &Client, ids: &[String]) {
+    for id in ids {
+        wait_for(client, id, |p| p.terminal).await;
+    }
+}
+
+#[test]
+fn the_list_comes_in_pages_filtered_by_the_store_and_bad_pages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let jobs: Vec<NewJob> = (0..25).map(|i| shell(dir.path(), &format!("j{i:02}"), "exit 0")).collect();
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs }).await.unwrap();
+        wait_ended(&d.unix, &ids).await;
+        d.unix
+            .post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![shell(dir.path(), "nap", "sleep 30")] })
+            .await
+            .unwrap();
+        wait_for(&d.unix, "nap", |p| p.state == "running").await;
+
+        // Page after page of 7: every process once, counts on the first page only.
+        let mut seen = Vec::new();
+        let first: ProcessList = d.unix.get("/v1/processes?limit=7").await.unwrap();
+        assert_eq!(first.counts.get("finished"), Some(&25), "{:?}", first.counts);
+        assert_eq!(first.counts.get("running"), Some(&1), "{:?}", first.counts);
+        let mut page = first;
+        loop {
+            assert!(page.processes.len() <= 7);
+            seen.extend(page.processes.iter().map(|p| p.id.clone()));
+            let Some(cursor) = page.next_cursor.clone() else { break };
+            page = d.unix.get(&format!("/v1/processes?limit=7&cursor={cursor}")).await.unwrap();
+            assert!(page.counts.is_empty());
+        }
+        let mut expected = ids.clone();
+        expected.push("nap".into());
+        assert_eq!(seen, expected, "oldest first, each once");
+        // The client follows the pages, or stops at a limit.
+        let all = d.tcp.list(&Default::default(), None).await.unwrap();
+        assert_eq!(all.processes.len(), 26);
+        assert!(all.next_cursor.is_none());
+        let some = d.tcp.list(&Default::default(), Some(10)).await.unwrap();
+        assert_eq!((some.processes.len(), some.next_cursor.is_some()), (10, true));
+        // Filters, in SQL.
+        let active: ProcessList = d.unix.get("/v1/processes?state=active").await.unwrap();
+        assert_eq!(active.processes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["nap"]);
+        let finished: ProcessList = d.unix.get("/v1/processes?state=finished&kind=shell&limit=100").await.unwrap();
+        assert_eq!(finished.processes.len(), 25);
+        let none: ProcessList = d.unix.get("/v1/processes?computer=nowhere").await.unwrap();
+        assert!(none.processes.is_empty());
+        // A bad cursor or limit: 400, saying which.
+        for (query, says) in [
+            ("cursor=nonsense", "not a cursor"),
+            ("cursor=c9.1.61", "not a cursor"),
+            ("limit=0", "from 1 to 10000"),
+            ("limit=10001", "from 1 to 10000"),
+            ("limit=many", "not a number"),
+        ] {
+            let e = d.unix.get::<ProcessList>(&format!("/v1/processes?{query}")).await.unwrap_err();
+            match e {
+                ClientError::Api { status, message } => {
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+                    assert!(message.contains(says), "{query}: {message}");
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        d.unix
+            .post::<_, ControlResults>("/v1/control", &Control { action: Action::Kill, ids: vec!["nap".into()] })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn prune_removes_ended_processes_and_their_files_inside_the_data_dir_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = start(dir.path());
+    let rt = rt();
+    rt.block_on(async {
+        let done = shell(dir.path(), "done", "echo out; echo err >&2");
+        let outside = shell(elsewhere.path(), "outside", "echo kept");
+        let nap = shell(dir.path(), "nap", "sleep 30");
+        d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs: vec![done, outside, nap] }).await.unwrap();
+        wait_ended(&d.unix, &["done".into(), "outside".into()]).await;
+        wait_for(&d.unix, "nap", |p| p.state == "running").await;
+        let supervise = Paths::new(dir.path()).supervise();
+        assert!(supervise.join("done").exists() && supervise.join("nap").exists());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+
+        let prune =
+            |older_than_secs, outputs, dry_run| drover_daemon::api::PruneOptions { older_than_secs, outputs, dry_run };
+        let e = d.unix.post::<_, PruneReport>("/v1/prune", &prune(0, false, false)).await.unwrap_err();
+        assert!(matches!(e, ClientError::Api { status: StatusCode::BAD_REQUEST, .. }), "{e:?}");
+        let would: PruneReport = d.unix.post("/v1/prune", &prune(1, true, true)).await.unwrap();
+        let mut ids = would.ids.clone();
+        ids.sort();
+        assert_eq!((would.dry_run, ids.as_slice()), (true, ["done".to_owned(), "outside".to_owned()].as_slice()));
+        assert!(dir.path().join("done.out").exists() && supervise.join("done").exists(), "a dry run removes nothing");
+
+        let report: PruneReport = d.unix.post("/v1/prune", &prune(1, true, false)).await.unwrap();
+        assert_eq!(report.processes, 2);
+        for gone in ["done", "outside"] {
+            let e = d.unix.get::<ProcessDetail>(&format!("/v1/processes/{gone}")).await.unwrap_err();
+            assert!(matches!(e, ClientError::Api { status: StatusCode::NOT_FOUND, .. }), "{gone}: {e:?}");
+            assert!(!supervise.join(gone).exists(), "{gone}'s supervisor record");
+        }
+        assert!(!dir.path().join("done.out").exists() && !dir.path().join("done.err").exists());
+        // Outside the data directory: left alone, and said so.
+        assert!(elsewhere.path().join("outside.out").exists());
+        assert!(
+            report.refused.iter().any(|r| r.contains("outside.out") && r.contains("outside the data directory")),
+            "{:?}",
+            report.refused
+        );
+        // The running one and its files stay.
+        let nap = wait_for(&d.unix, "nap", |_| true).await;
+        assert_eq!(nap.state, "running");
+        assert!(supervise.join("nap").exists());
+        d.unix
+            .post::<_, ControlResults>("/v1/control", &Control { action: Action::Kill, ids: vec!["nap".into()] })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_daemon_with_retention_prunes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention = Some(drover_daemon::Retention { older_than: Duration::from_secs(1), outputs: true });
+    let d = start_with(config);
+    let rt = rt();
+    rt.block_on(async {
+        let jobs = vec![shell(dir.path(), "brief", "echo hi"), shell(dir.path(), "nap", "sleep 30")];
+        d.unix.post::<_, Submitted>("/v1/processes", &Submit { jobs }).await.unwrap();
+        wait_ended(&d.unix, &["brief".into()]).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while d.unix.get::<ProcessDetail>("/v1/processes/brief").await.is_ok() {
+            assert!(Instant::now() < deadline, "retention did not prune `brief`");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!dir.path().join("brief.out").exists());
+        assert_eq!(wait_for(&d.unix, "nap", |_| true).await.state, "running");
+        d.unix
+            .post::<_, ControlResults>("/v1/control", &Control { action: Action::Kill, ids: vec!["nap".into()] })
+            .await
+            .unwrap();
+    });
 }
