@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 pub const SCHEMA_VERSION: u32 = 3;
 const MAGIC: &str = "drover-store";
 /// The tables of a store (for a shared PostgreSQL database that has others).
-const OUR_TABLES: &[&str] = &["drover_meta", "processes", "events", "drover_engines", "drover_leases"];
+const OUR_TABLES: &[&str] = &["drover_meta", "processes", "events", "drover_engines", "drover_leases", "drover_counts"];
 /// The columns of a process, as [`process`] reads them.
 const COLS: &str = "id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, error, owner, epoch, host, place, pending_work";
 /// [`COLS`], of the table named `p`.
@@ -346,6 +346,7 @@ fn schema(serial_key: &str) -> Vec<String> {
             )"
         ),
         "CREATE INDEX events_process ON events (process_id, seq)".to_owned(),
+        COUNTS.to_owned(),
         format!(
             "INSERT INTO drover_meta (key, value) VALUES ('magic', '{MAGIC}'), ('schema_version', '{SCHEMA_VERSION}')"
         ),
@@ -367,9 +368,12 @@ const LIST_INDEXES: &[&str] = &[
     "CREATE INDEX processes_active ON processes (created_at, id) WHERE NOT terminal",
     "CREATE INDEX processes_paused ON processes (created_at, id) WHERE paused AND NOT terminal",
     "CREATE INDEX processes_ended ON processes (updated_at, id) WHERE terminal",
-    // The counts per status: a scan of this index alone, in its order.
-    "CREATE INDEX processes_status ON processes (state, paused, terminal)",
 ];
+
+/// The number of processes per status, moved by every write in the
+/// transaction that makes it: the counts `list` shows cost one small read
+/// however many processes there are.
+const COUNTS: &str = "CREATE TABLE drover_counts (status TEXT PRIMARY KEY, n BIGINT NOT NULL)";
 
 const ENGINES: &str = "CREATE TABLE drover_engines (
     id TEXT PRIMARY KEY,
@@ -412,7 +416,7 @@ fn migrate_2_to_3() -> Vec<String> {
     ["ALTER TABLE processes ADD COLUMN state TEXT NOT NULL DEFAULT ''"]
         .into_iter()
         .chain(LIST_INDEXES.iter().copied())
-        .chain(["UPDATE drover_meta SET value = '3' WHERE key = 'schema_version'"])
+        .chain([COUNTS, "UPDATE drover_meta SET value = '3' WHERE key = 'schema_version'"])
         .map(str::to_owned)
         .collect()
 }
@@ -609,6 +613,14 @@ impl Store {
                     }
                     query.execute(&mut *tx).await.map_err(db_err)?;
                 }
+                sqlx::query(
+                    "INSERT INTO drover_counts (status, n)
+                     SELECT CASE WHEN paused AND NOT terminal THEN 'paused' ELSE state END, COUNT(*) FROM processes
+                     GROUP BY CASE WHEN paused AND NOT terminal THEN 'paused' ELSE state END",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
             }
             tx.commit().await.map_err(db_err)?;
         });
@@ -1130,22 +1142,15 @@ impl Store {
     ///
     /// [`StoreError::Db`].
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        // Grouped in the index's order (no sort, no table row read), then
-        // merged into statuses here.
-        const SQL: &str =
-            "SELECT state, paused AND NOT terminal, COUNT(*) FROM processes GROUP BY state, paused, terminal";
-        let groups: Vec<(String, bool, i64)> = boxed(async {
-            Ok::<_, StoreError>(on_db!(&self.db, pool => {
+        // Kept by every write (see `drover_counts`): one small read.
+        const SQL: &str = "SELECT status, n FROM drover_counts WHERE n <> 0 ORDER BY status";
+        boxed(async {
+            Ok(on_db!(&self.db, pool => {
                 sqlx::query(SQL).fetch_all(pool).await.map_err(|e| self.db_err(e))?.iter()
-                    .map(|r| (r.get::<String, _>(0), r.get::<bool, _>(1), r.get::<i64, _>(2))).collect()
+                    .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect()
             }))
         })
-        .await?;
-        let mut counts = std::collections::BTreeMap::new();
-        for (state, paused, n) in groups {
-            *counts.entry(if paused { "paused".to_owned() } else { state }).or_insert(0) += n;
-        }
-        Ok(counts.into_iter().collect())
+        .await
     }
 
     /// Removes one batch of ended processes that ended before `before` (Unix
@@ -1227,6 +1232,11 @@ impl Store {
                         query.execute(&mut *tx).await.map_err(db_err)?;
                     }
                 }
+                let mut deltas = std::collections::BTreeMap::new();
+                for p in &processes {
+                    *deltas.entry(status(drover_kind::envelope_state_name(&p.checkpoint), p.paused, p.terminal)).or_insert(0) -= 1;
+                }
+                add_counts(&mut tx, &deltas).await.map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
             }
             Ok(PruneBatch { processes, next })
@@ -1387,6 +1397,42 @@ async fn writer(db: Db, location: Arc<str>, mut rx: mpsc::UnboundedReceiver<Requ
     }
 }
 
+/// What a person reads as a process's status: `paused` for a paused process
+/// that has not ended, its state's name otherwise.
+fn status(state: String, paused: bool, terminal: bool) -> String {
+    if paused && !terminal { "paused".to_owned() } else { state }
+}
+
+/// Moves the counts per status by `deltas`, last in a transaction: the
+/// rows of `drover_counts` it locks (on PostgreSQL) are held only until the
+/// commit.
+async fn add_counts<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    deltas: &std::collections::BTreeMap<String, i64>,
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let moved: Vec<(&String, &i64)> = deltas.iter().filter(|(_, n)| **n != 0).collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO drover_counts (status, n) VALUES {} ON CONFLICT (status) DO UPDATE SET n = drover_counts.n + excluded.n",
+        placeholders(moved.len(), 2)
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (status, n) in moved {
+        query = query.bind(status.clone()).bind(*n);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Rows per statement: well under SQLite's limit of bound parameters.
 const CHUNK: usize = 400;
 
@@ -1420,6 +1466,8 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
     let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_db!(db, pool => async {
         let mut tx = pool.begin().await.map_err(db_err)?;
         let mut results = Vec::with_capacity(group.len());
+        // How the counts per status move, over the whole group.
+        let mut deltas: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
         for chunk in group.chunks(CHUNK) {
             // Which ids exist already (with their parents), of processes and children.
             let mut ids: Vec<&str> = Vec::new();
@@ -1434,14 +1482,18 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 }
             }
             let mut existing: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+            // The status each process has now, as the counts know it.
+            let mut status_now: std::collections::HashMap<String, String> = std::collections::HashMap::new();
             for part in ids.chunks(CHUNK) {
-                let sql = format!("SELECT id, parent FROM processes WHERE id IN ({})", (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+                let sql = format!("SELECT id, parent, state, paused, terminal FROM processes WHERE id IN ({})", (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for id in part {
                     query = query.bind(*id);
                 }
                 for row in query.fetch_all(&mut *tx).await.map_err(db_err)? {
-                    existing.insert(row.get::<String, _>(0), row.get::<Option<String>, _>(1));
+                    let id = row.get::<String, _>(0);
+                    status_now.insert(id.clone(), status(row.get(2), row.get(3), row.get(4)));
+                    existing.insert(id, row.get::<Option<String>, _>(1));
                 }
             }
 
@@ -1538,6 +1590,21 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 }
                 events.push((id, &r.checkpoint, r.paused, *at, r.fence.as_ref().map_or(0, |f| f.epoch)));
             }
+            // Inserted first (at their first state, neither paused nor
+            // ended), then each record moves its process to its new status.
+            for (p, _, _) in inserts.iter().chain(&children) {
+                let new = drover_kind::envelope_state_name(&p.checkpoint);
+                *deltas.entry(new.clone()).or_insert(0) += 1;
+                status_now.insert(p.id.clone(), new);
+            }
+            for (_, id, r, _) in &records {
+                if let Some(old) = status_now.remove(id.as_str()) {
+                    *deltas.entry(old).or_insert(0) -= 1;
+                }
+                let new = status(drover_kind::envelope_state_name(&r.checkpoint), r.paused, r.terminal);
+                *deltas.entry(new.clone()).or_insert(0) += 1;
+                status_now.insert((*id).clone(), new);
+            }
             inserts.extend(children);
             for part in inserts.chunks(CHUNK / 2) {
                 let sql = format!(
@@ -1582,6 +1649,7 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 query.execute(&mut *tx).await.map_err(db_err)?;
             }
         }
+        add_counts(&mut tx, &deltas).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(results)
     }.await);

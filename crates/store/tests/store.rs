@@ -310,6 +310,7 @@ async fn a_version_1_store_is_migrated_keeping_everything() {
     assert_eq!(page.processes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["k"]);
     let page = store.list_page(&by_state("queued"), None, PageLimit::default()).await.unwrap();
     assert_eq!(page.processes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["run"]);
+    assert_eq!(store.status_counts().await.unwrap(), [("killed".to_owned(), 1), ("queued".to_owned(), 1)]);
     // The unconfirmed cancel is work left to finish, for whichever engine recovers.
     let k = store.get("k").await.unwrap().unwrap();
     assert!(k.pending_work && k.terminal);
@@ -454,6 +455,7 @@ async fn pages_list_every_process_once(backend: Backend) {
     assert!(all_pages(&store, &check(Some("finished"), Some("group"), None, None), 2).await.is_empty());
     let counts = store.status_counts().await.unwrap();
     assert_eq!(counts, [("finished".to_owned(), 1), ("paused".to_owned(), 1), ("queued".to_owned(), 900)]);
+    assert_eq!(counts, recount(&store).await, "the counts kept by the writes");
     // A bad cursor or size is refused.
     assert!(matches!(Cursor::parse("c9.1.61"), Err(StoreError::Invalid(_))));
     assert!(matches!(PageLimit::new(10_001), Err(StoreError::Invalid(_))));
@@ -467,6 +469,16 @@ async fn sqlite_pages_list_every_process_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_pages_list_every_process_once() {
     pages_list_every_process_once(Backend::Postgres).await;
+}
+
+/// The counts per status, counted from every process.
+async fn recount(store: &Store) -> Vec<(String, i64)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for p in store.list().await.unwrap() {
+        let state = drover_kind::envelope_state_name(&p.checkpoint);
+        *counts.entry(if p.paused && !p.terminal { "paused".to_owned() } else { state }).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
 }
 
 /// Every batch of a prune of what ended before `before`, one root at a time.
@@ -520,6 +532,7 @@ async fn prune_removes_only_ended_families(backend: Backend) {
     }
     assert_eq!(store.events("late").await.unwrap().len(), 2);
     assert!(prune_all(&store, cutoff, false).await.is_empty(), "a second prune finds nothing");
+    assert_eq!(store.status_counts().await.unwrap(), recount(&store).await, "the counts after a prune");
 }
 
 #[tokio::test]
