@@ -1188,6 +1188,15 @@ impl Store {
         let limit = i64::try_from(roots.get()).unwrap_or(i64::MAX);
         boxed(async move { on_db!(&self.db, db => {
             let mut tx = db.begin().await.map_err(db_err)?;
+            if !dry_run {
+                // The write lock first (on SQLite, a transaction that read
+                // first cannot write once another committed; on PostgreSQL,
+                // prunes at once take their turns).
+                sqlx::query("UPDATE drover_meta SET value = value WHERE key = 'schema_version'")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
             let found: Vec<(String, i64)> = sqlx::query(roots_sql).bind(before).bind(start.updated_at).bind(&start.id).bind(limit)
                 .fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| (r.get(0), r.get(1))).collect();
             let next = if found.len() as i64 == limit {
@@ -1219,19 +1228,26 @@ impl Store {
             members.retain(|(root, _, _)| !kept.contains(root));
             // Children before their parents: no statement removes a parent whose child stays.
             members.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.2.id.cmp(&b.2.id)));
-            let processes: Vec<StoredProcess> = members.into_iter().map(|(_, _, p)| p).collect();
+            let mut processes: Vec<StoredProcess> = members.into_iter().map(|(_, _, p)| p).collect();
             if !dry_run {
+                // What this transaction removed: a prune running at once
+                // (another daemon's) may have taken some first.
+                let mut removed = std::collections::HashSet::new();
                 for part in processes.chunks(CHUNK) {
                     let list = (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
                     for table in ["events WHERE process_id", "processes WHERE id"] {
-                        let sql = format!("DELETE FROM {table} IN ({list})");
+                        let returning = if table.starts_with("processes") { " RETURNING id" } else { "" };
+                        let sql = format!("DELETE FROM {table} IN ({list}){returning}");
                         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                         for p in part {
                             query = query.bind(&p.id);
                         }
-                        query.execute(&mut *tx).await.map_err(db_err)?;
+                        for row in query.fetch_all(&mut *tx).await.map_err(db_err)? {
+                            removed.insert(row.get::<String, _>(0));
+                        }
                     }
                 }
+                processes.retain(|p| removed.contains(&p.id));
                 let mut deltas = std::collections::BTreeMap::new();
                 for p in &processes {
                     *deltas.entry(status(drover_kind::envelope_state_name(&p.checkpoint), p.paused, p.terminal)).or_insert(0) -= 1;
