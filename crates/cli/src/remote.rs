@@ -253,8 +253,17 @@ fn resolve(given: &str, all: &[ProcessInfo], control: bool) -> Result<String, Fa
     }
 }
 
-async fn all_processes(client: &Client) -> Result<Vec<ProcessInfo>, Failure> {
-    Ok(client.list(&Filter::default(), None).await?.processes)
+/// The process a user means, as [`resolve`] says: an exact id is asked
+/// about alone (one row, however large the store); only another is looked
+/// for in the whole list.
+async fn resolve_id(client: &Client, given: &str, control: bool) -> Result<String, Failure> {
+    match client.get::<ProcessDetail>(&format!("/v1/processes/{}", encode(given))).await {
+        Ok(_) => Ok(given.to_owned()),
+        Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => {
+            resolve(given, &client.list(&Filter::default(), None).await?.processes, control)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `drover show`.
@@ -262,7 +271,7 @@ pub(crate) fn show(data: &Path, given: &str, json: bool) -> ExitCode {
     let rt = runtime();
     finish(rt.block_on(async {
         let client = client(data);
-        let id = resolve(given, &all_processes(&client).await?, false)?;
+        let id = resolve_id(&client, given, false).await?;
         let detail: ProcessDetail = client.get(&format!("/v1/processes/{}", encode(&id))).await?;
         if json {
             json_pretty(&detail);
@@ -329,13 +338,14 @@ pub(crate) fn control(data: &Path, action: Action, targets: Targets) -> ExitCode
                 "name the processes: give ids, or --state/--kind/--computer, or --all".into(),
             ));
         }
-        let all = all_processes(&client).await?;
         let mut ids = Vec::new();
         for given in &targets.ids {
-            ids.push(resolve(given, &all, true)?);
+            ids.push(resolve_id(&client, given, true).await?);
         }
         if !filter.is_empty() {
-            let chosen = all.iter().filter(|p| filter.matches(p) && (ids.is_empty() || ids.contains(&p.id)));
+            // Filtered by the daemon's store, page after page.
+            let matching = client.list(&filter, None).await?.processes;
+            let chosen = matching.iter().filter(|p| ids.is_empty() || ids.contains(&p.id));
             let chosen: Vec<String> = chosen.map(|p| p.id.clone()).collect();
             ids = chosen;
         }
@@ -414,7 +424,7 @@ pub(crate) fn logs(data: &Path, given: &str, stream: Stream, follow: bool) -> Ex
     let rt = runtime();
     finish(rt.block_on(async {
         let client = client(data);
-        let id = resolve(given, &all_processes(&client).await?, false)?;
+        let id = resolve_id(&client, given, false).await?;
         let name = if stream == Stream::Stdout { "stdout" } else { "stderr" };
         let mut offset = 0;
         let mut out = std::io::stdout().lock();
