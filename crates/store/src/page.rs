@@ -112,11 +112,11 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-/// Where a prune goes on: after the ended root process last looked at, in
-/// the order of their ends (`updated_at`, then `id`).
+/// Where a prune goes on: after the ended root process last looked at,
+/// oldest first (`created_at`, then `id`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneCursor {
-    pub(crate) updated_at: i64,
+    pub(crate) created_at: i64,
     pub(crate) id: String,
 }
 

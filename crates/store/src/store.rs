@@ -327,8 +327,6 @@ fn schema(serial_key: &str) -> Vec<String> {
             state TEXT NOT NULL DEFAULT ''
         )"
         .to_owned(),
-        "CREATE INDEX processes_open ON processes (id) WHERE NOT terminal".to_owned(),
-        "CREATE INDEX processes_parent ON processes (parent)".to_owned(),
     ]
     .into_iter()
     .chain(LIST_INDEXES.iter().map(|s| (*s).to_owned()))
@@ -358,16 +356,22 @@ fn schema(serial_key: &str) -> Vec<String> {
 /// listed (`created_at`, `id`), whichever filter it has, and the ended
 /// processes in the order `prune` takes them (`updated_at`, `id`). Each
 /// filter's index leads with the filtered column, so that a page is a range
-/// of one index however many rows the store holds.
+/// of one index however many rows the store holds. No index holds a
+/// column that every transition changes (`updated_at`, `checkpoint`).
 const LIST_INDEXES: &[&str] = &[
     "CREATE INDEX processes_created ON processes (created_at, id)",
     "CREATE INDEX processes_state ON processes (state, created_at, id)",
     "CREATE INDEX processes_kind ON processes (kind, created_at, id)",
-    "CREATE INDEX processes_place ON processes (place, created_at, id)",
-    "CREATE INDEX processes_children ON processes (parent, created_at, id)",
+    "CREATE INDEX processes_place ON processes (place, created_at, id) WHERE place IS NOT NULL",
+    // Also the children of a claim (`parent IN (...)`).
+    "CREATE INDEX processes_children ON processes (parent, created_at, id) WHERE parent IS NOT NULL",
+    // Also what claims take (`NOT terminal ... ORDER BY created_at, id`).
     "CREATE INDEX processes_active ON processes (created_at, id) WHERE NOT terminal",
     "CREATE INDEX processes_paused ON processes (created_at, id) WHERE paused AND NOT terminal",
-    "CREATE INDEX processes_ended ON processes (updated_at, id) WHERE terminal",
+    // Not by `updated_at`: a column every write changes must be in no
+    // index, or PostgreSQL could update no row in place (HOT) and would
+    // write every index at every transition.
+    "CREATE INDEX processes_ended ON processes (created_at, id) WHERE terminal AND parent IS NULL",
 ];
 
 /// The number of processes per status, moved by every write in the
@@ -413,12 +417,19 @@ fn migrate_1_to_2() -> Vec<String> {
 /// column from each checkpoint, and a place from a spec's computer where a
 /// version 1 store recorded none.
 fn migrate_2_to_3() -> Vec<String> {
-    ["ALTER TABLE processes ADD COLUMN state TEXT NOT NULL DEFAULT ''"]
-        .into_iter()
-        .chain(LIST_INDEXES.iter().copied())
-        .chain([COUNTS, "UPDATE drover_meta SET value = '3' WHERE key = 'schema_version'"])
-        .map(str::to_owned)
-        .collect()
+    // Version 2's indexes of open processes and of parents are the list's
+    // now (every index is written at every transition PostgreSQL cannot
+    // make in place: as few as will do).
+    [
+        "ALTER TABLE processes ADD COLUMN state TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX processes_open",
+        "DROP INDEX processes_parent",
+    ]
+    .into_iter()
+    .chain(LIST_INDEXES.iter().copied())
+    .chain([COUNTS, "UPDATE drover_meta SET value = '3' WHERE key = 'schema_version'"])
+    .map(str::to_owned)
+    .collect()
 }
 
 const SQLITE_SERIAL: &str = "INTEGER PRIMARY KEY AUTOINCREMENT";
@@ -1155,7 +1166,7 @@ impl Store {
 
     /// Removes one batch of ended processes that ended before `before` (Unix
     /// milliseconds), looking at up to `roots` processes without a parent,
-    /// in the order they ended, after `after`: each with its whole family
+    /// oldest first (by `created_at`), after `after`: each with its whole family
     /// (its children, theirs, ...), and only families in which every
     /// process has ended and left no work to finish (a cancel to confirm).
     /// A family goes with its event log in one transaction: the store never
@@ -1179,11 +1190,11 @@ impl Store {
         roots: PageLimit,
         dry_run: bool,
     ) -> Result<PruneBatch, StoreError> {
-        let start = after.cloned().unwrap_or(PruneCursor { updated_at: i64::MIN, id: String::new() });
-        let roots_sql = "SELECT id, updated_at FROM processes
-            WHERE terminal AND NOT pending_work AND parent IS NULL AND updated_at < $1
-            AND (updated_at > $2 OR (updated_at = $2 AND id > $3))
-            ORDER BY updated_at, id LIMIT $4";
+        let start = after.cloned().unwrap_or(PruneCursor { created_at: i64::MIN, id: String::new() });
+        let roots_sql = "SELECT id, created_at FROM processes
+            WHERE terminal AND parent IS NULL AND NOT pending_work AND updated_at < $1
+            AND (created_at > $2 OR (created_at = $2 AND id > $3))
+            ORDER BY created_at, id LIMIT $4";
         let db_err = |e: sqlx::Error| self.db_err(e);
         let limit = i64::try_from(roots.get()).unwrap_or(i64::MAX);
         boxed(async move { on_db!(&self.db, db => {
@@ -1197,10 +1208,10 @@ impl Store {
                     .await
                     .map_err(db_err)?;
             }
-            let found: Vec<(String, i64)> = sqlx::query(roots_sql).bind(before).bind(start.updated_at).bind(&start.id).bind(limit)
+            let found: Vec<(String, i64)> = sqlx::query(roots_sql).bind(before).bind(start.created_at).bind(&start.id).bind(limit)
                 .fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| (r.get(0), r.get(1))).collect();
             let next = if found.len() as i64 == limit {
-                found.last().map(|(id, updated_at)| PruneCursor { updated_at: *updated_at, id: id.clone() })
+                found.last().map(|(id, created_at)| PruneCursor { created_at: *created_at, id: id.clone() })
             } else {
                 None
             };
