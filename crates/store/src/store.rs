@@ -500,7 +500,24 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db_err)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            // A statement that fails for want of space (or on I/O) may make
+            // SQLite roll the transaction back by itself, behind sqlx's count
+            // of open transactions; sqlx's own rollback may then leave a write
+            // transaction open on the connection, and the store locked for
+            // every other one. So a connection goes back to the pool with no
+            // transaction open, whatever happened (outside one, the ROLLBACK
+            // is refused, harmlessly).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    Ok(true)
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
         let tables = sqlite_tables(&mut *pool.acquire().await.map_err(db_err)?).await.map_err(db_err)?;
         let db = Db::Sqlite(pool);
         if judge(&location, &tables, None)? == Judged::Create {
