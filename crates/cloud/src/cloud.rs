@@ -560,8 +560,10 @@ impl Runner {
         self.later.lock().expect("not poisoned").insert(key.clone());
         tokio::spawn(async move {
             // Marked in the cluster first: should this engine stop before the
-            // time comes, any engine's sweep deletes it then.
-            if let Err(e) = runner.mark(&name, job).await {
+            // time comes, any engine's sweep deletes it then. Only its own
+            // (another engine's watch sees it end too, and marks it itself).
+            let mine = ours.lock().expect("not poisoned").contains(&name);
+            if mine && let Err(e) = runner.mark(&name, job).await {
                 tracing::warn!(object = %name, error = %e, "cannot mark an ended object for collection");
             }
             tokio::time::sleep(runner.cleanup_after).await;
