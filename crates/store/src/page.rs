@@ -74,7 +74,7 @@ impl Cursor {
         Cursor { created_at: process.created_at, id: process.id.clone() }
     }
 
-    /// Reads a cursor's text, as [`Cursor::to_string`] wrote it.
+    /// Reads a cursor's text, as its `Display` wrote it.
     ///
     /// # Errors
     ///
