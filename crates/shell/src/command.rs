@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -130,7 +131,61 @@ pub(crate) fn start_supervised(spec: &ShellSpec, run_dir: &Path) -> Result<Start
     start_with(spec, false, Some(run_dir))
 }
 
-fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result<Started, StartError> {
+/// What the engine opens and checks before a child starts, wherever it is
+/// started (here, or by the shepherd): the program found, the streams
+/// opened (`None`: `/dev/null`), with the messages of [`StartError`].
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) program: PathBuf,
+    pub(crate) stdin: Option<OwnedFd>,
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: Option<OwnedFd>,
+    /// The bytes to write into standard input's pipe once the child runs.
+    pub(crate) feed: Option<Feed>,
+}
+
+/// Bytes for a child's standard input, and the pipe's end they go into.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    pipe: OwnedFd,
+    bytes: Vec<u8>,
+}
+
+impl Feed {
+    /// Writes the bytes on a thread of their own, then closes the pipe: the
+    /// child may read them at its pace, or exit without (a broken pipe is
+    /// not an error).
+    pub(crate) fn start(self) {
+        let Feed { pipe, bytes } = self;
+        let _ = std::thread::Builder::new().name("drover-stdin".to_owned()).spawn(move || {
+            use std::io::Write;
+            let _ = File::from(pipe).write_all(&bytes);
+        });
+    }
+}
+
+/// Checks the working directory, finds the program and opens the streams of
+/// `spec` for a child another process starts (the shepherd).
+pub(crate) fn prepare(spec: &ShellSpec) -> Result<Prepared, StartError> {
+    check_cwd(spec)?;
+    let program = resolve(spec)?;
+    let (stdin, feed) =
+        match &spec.stdin {
+            Input::Null => (None, None),
+            Input::Bytes(bytes) => {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+                    StartError::Stream { stream: "standard input", path: PathBuf::from("(a pipe)"), source: e.into() }
+                })?;
+                (Some(read), Some(Feed { pipe: write, bytes: bytes.clone() }))
+            }
+            Input::File(path) => (Some(input_file(spec, path)?.into()), None),
+        };
+    let stdout = open_output(spec, &spec.stdout, "standard output")?.map(OwnedFd::from);
+    let stderr = open_output(spec, &spec.stderr, "standard error")?.map(OwnedFd::from);
+    Ok(Prepared { program, stdin, stdout, stderr, feed })
+}
+
+fn check_cwd(spec: &ShellSpec) -> Result<(), StartError> {
     if let Some(cwd) = &spec.cwd {
         match std::fs::metadata(cwd) {
             Ok(meta) if meta.is_dir() => {}
@@ -138,20 +193,30 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
             Err(_) => return Err(StartError::Cwd { path: cwd.clone(), problem: "does not exist" }),
         }
     }
+    Ok(())
+}
+
+fn input_file(spec: &ShellSpec, path: &Path) -> Result<File, StartError> {
+    File::open(in_cwd(spec, path)).map_err(|source| StartError::Stream {
+        stream: "standard input",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result<Started, StartError> {
+    check_cwd(spec)?;
     let program = resolve(spec)?;
     let stdin = match &spec.stdin {
         Input::Null => Stdio::null(),
         Input::Bytes(_) => Stdio::piped(),
-        Input::File(path) => Stdio::from(File::open(in_cwd(spec, path)).map_err(|source| StartError::Stream {
-            stream: "standard input",
-            path: path.clone(),
-            source,
-        })?),
+        Input::File(path) => Stdio::from(input_file(spec, path)?),
     };
+    let output = |output, stream| open_output(spec, output, stream).map(|f| f.map_or_else(Stdio::null, Stdio::from));
     let (stdout, stderr) = if capture {
         (Stdio::piped(), Stdio::piped())
     } else {
-        (open_output(spec, &spec.stdout, "standard output")?, open_output(spec, &spec.stderr, "standard error")?)
+        (output(&spec.stdout, "standard output")?, output(&spec.stderr, "standard error")?)
     };
 
     #[allow(clippy::disallowed_methods)] // this is the wrapper
@@ -182,32 +247,10 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
         // SAFETY: the closure runs in the forked child before exec and only calls
         // `getrlimit` and `setrlimit`, which are async-signal-safe; it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || {
-                use nix::sys::resource::{Resource, setrlimit};
-                if let Some(secs) = limits.cpu_seconds {
-                    setrlimit(Resource::RLIMIT_CPU, secs, secs).map_err(io::Error::from)?;
-                }
-                if let Some(bytes) = limits.address_space {
-                    setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(io::Error::from)?;
-                }
-                // The engine's raised limit of open files is not the child's.
-                if let Some(soft) = open_files {
-                    let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
-                    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard).map_err(io::Error::from)?;
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || crate::limits::apply(limits, open_files));
         }
     }
-    let mut child = cmd.spawn().map_err(|source| match source.raw_os_error() {
-        Some(e) if e == nix::errno::Errno::ENOEXEC as i32 => {
-            StartError::NotExecutable { path: program.clone(), problem: "exec format error".to_owned() }
-        }
-        Some(e) if e == nix::errno::Errno::EACCES as i32 => {
-            StartError::NotExecutable { path: program.clone(), problem: "permission denied".to_owned() }
-        }
-        _ => StartError::Spawn { path: program.clone(), source },
-    })?;
+    let mut child = cmd.spawn().map_err(|source| spawn_error(&program, source))?;
     let pid = child.id().expect("a child that was just started has a pid");
     if let Input::Bytes(bytes) = &spec.stdin
         && let Some(mut pipe) = child.stdin.take()
@@ -219,6 +262,19 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
         });
     }
     Ok(Started { child, pid })
+}
+
+/// What a failed `fork`/`exec` of `program` means.
+pub(crate) fn spawn_error(program: &Path, source: io::Error) -> StartError {
+    match source.raw_os_error() {
+        Some(e) if e == nix::errno::Errno::ENOEXEC as i32 => {
+            StartError::NotExecutable { path: program.to_owned(), problem: "exec format error".to_owned() }
+        }
+        Some(e) if e == nix::errno::Errno::EACCES as i32 => {
+            StartError::NotExecutable { path: program.to_owned(), problem: "permission denied".to_owned() }
+        }
+        _ => StartError::Spawn { path: program.to_owned(), source },
+    }
 }
 
 /// Sends `signal` to the process group `pgid`. Returns whether any process
@@ -237,9 +293,9 @@ fn in_cwd(spec: &ShellSpec, path: &Path) -> PathBuf {
     }
 }
 
-fn open_output(spec: &ShellSpec, output: &Output, stream: &'static str) -> Result<Stdio, StartError> {
+fn open_output(spec: &ShellSpec, output: &Output, stream: &'static str) -> Result<Option<File>, StartError> {
     let (path, append) = match output {
-        Output::Null => return Ok(Stdio::null()),
+        Output::Null => return Ok(None),
         Output::File(path) => (path, false),
         Output::Append(path) => (path, true),
     };
@@ -253,7 +309,7 @@ fn open_output(spec: &ShellSpec, output: &Output, stream: &'static str) -> Resul
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(in_cwd(spec, path))
-        .map(Stdio::from)
+        .map(Some)
         .map_err(|source| {
             let source = if source.raw_os_error() == Some(nix::libc::ELOOP) {
                 io::Error::other("it is a symbolic link, and drover writes outputs only to files it opens itself")

@@ -46,7 +46,18 @@ pub(crate) fn identify(pid: u32) -> Option<ProcessIdentity> {
     if !living(&fields) {
         return None;
     }
-    Some(ProcessIdentity { boot_id: boot_id()?.to_owned(), start_ticks: fields.get(19)?.parse().ok()? })
+    identity_at(fields.get(19)?.parse().ok()?)
+}
+
+/// When process `pid` started, in clock ticks since boot, even if it has
+/// ended and is not reaped yet (a zombie keeps its start time).
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// The identity of a process of this boot that started at `start_ticks`.
+pub(crate) fn identity_at(start_ticks: u64) -> Option<ProcessIdentity> {
+    Some(ProcessIdentity { boot_id: boot_id()?.to_owned(), start_ticks })
 }
 
 /// Whether `pid` still is the process `identity` names: alive, in this

@@ -31,8 +31,10 @@ pub struct ShellEnv {
     pub run_root: PathBuf,
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
+/// This host's name, read once: every process's binding names it.
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default())
 }
 
 /// The job-file keys of a shell job.

@@ -36,13 +36,16 @@
 //!
 //! # Durable processes
 //!
-//! [`ShellProcess::durable`] runs the child under a small supervisor (a
-//! `/bin/sh` leading the group) that records the child's pid and exit code in a
-//! run directory, and leaves it running when the engine stops or crashes. The
-//! process passes through `Starting`, recorded before the child starts; a
-//! process restored with [`ShellProcess::restore`] re-attaches to its child (or
-//! reads the exit code it recorded) and never starts it twice: the supervisor
-//! refuses to run a command whose run directory says it already started.
+//! [`ShellProcess::durable`] runs the child so that it outlives the engine:
+//! the engine's shepherd (one small process per engine process, the
+//! engine's own program started again) creates the child's record
+//! exclusively, starts the child, and records its pid and exit code there,
+//! also after the engine has stopped or crashed. A process restored with
+//! [`ShellProcess::restore`] re-attaches to its child (or reads the exit code
+//! it recorded) and never starts it twice: whoever created the record is the
+//! only one that runs the command, and a restored process that finds a
+//! record re-attaches, whatever state was recorded. Where the program cannot
+//! host a shepherd, a `/bin/sh` supervisor per child does the same.
 //! The child's identity ([`ProcessIdentity`]: the boot and its start time)
 //! is recorded with its pid, so that a process that got the pid after a
 //! reboot or a pid wrap is never re-attached, paused or killed.
@@ -89,6 +92,7 @@ mod ident;
 mod kind;
 mod limits;
 mod process;
+mod shepherd;
 mod spec;
 
 pub use command::{StartError, output};

@@ -38,3 +38,25 @@ pub(crate) fn children_open_files() -> Option<u64> {
         soft => Some(soft),
     }
 }
+
+/// Sets `limits` and the soft limit of open files (`open_files`, if any: the
+/// engine's raised limit is not the child's) in a child between `fork` and
+/// `exec`: only `getrlimit` and `setrlimit`, which are async-signal-safe, and
+/// no allocation.
+///
+/// # Errors
+///
+/// The system's, when a limit cannot be set.
+pub(crate) fn apply(limits: crate::spec::Limits, open_files: Option<u64>) -> std::io::Result<()> {
+    if let Some(secs) = limits.cpu_seconds {
+        setrlimit(Resource::RLIMIT_CPU, secs, secs)?;
+    }
+    if let Some(bytes) = limits.address_space {
+        setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
+    }
+    if let Some(soft) = open_files {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+        setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+    }
+    Ok(())
+}

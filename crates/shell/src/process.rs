@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::command::{self, signal_group};
 use crate::governor::{Governor, Slot};
 use crate::ident::{self, ProcessIdentity};
+use crate::shepherd::{self, NotSpawned, Refusal};
 use crate::spec::ShellSpec;
 
 /// Where a shell process is. States carry their data.
@@ -22,9 +23,12 @@ use crate::spec::ShellSpec;
 pub enum ShellState {
     /// Waiting for the governor to admit its child.
     Queued,
-    /// Admitted, and about to start its child (durable processes only: this
-    /// state is recorded before the child starts, so that a restarted engine
-    /// re-attaches to the child instead of starting it again).
+    /// Admitted, and about to start its child: recorded by older drovers
+    /// before a durable child started, and now only while a child whose
+    /// `/bin/sh` supervisor could not write its record (a full disk) waits to
+    /// start again. A durable process goes from `Queued` to `Running`: its
+    /// record, made exclusively before the child starts, is what a restarted
+    /// engine re-attaches by.
     Starting,
     /// The child runs as the leader of process group `pid`.
     Running {
@@ -105,7 +109,18 @@ pub struct ShellProcess {
 #[derive(Debug)]
 enum Leader {
     Child(Child),
-    Adopted { pid: u32, identity: ProcessIdentity },
+    /// A command this process's shepherd started: its end comes as a message.
+    Shepherded {
+        pid: u32,
+        identity: Option<ProcessIdentity>,
+        exit: tokio::sync::oneshot::Receiver<i32>,
+        /// Its exit code, once received.
+        code: Option<i32>,
+    },
+    Adopted {
+        pid: u32,
+        identity: ProcessIdentity,
+    },
 }
 
 /// How long a durable process waits before it starts again a command its
@@ -128,8 +143,23 @@ impl Leader {
     ///
     /// Cancel safe.
     async fn wait(&mut self, run_dir: Option<&Path>) -> std::io::Result<Exit> {
+        if let Leader::Shepherded { pid, identity, exit, code } = self {
+            if code.is_none() {
+                *code = (&mut *exit).await.ok();
+            }
+            if code.is_some() {
+                return Ok(Exit::Recorded(*code));
+            }
+            // The shepherd went away first: follow the command as an
+            // adopted one, by its record and identity.
+            match identity.take() {
+                Some(identity) => *self = Leader::Adopted { pid: *pid, identity },
+                None => return Ok(Exit::Recorded(run_dir.and_then(recorded_exit))),
+            }
+        }
         match self {
             Leader::Child(child) => child.wait().await.map(Exit::Status),
+            Leader::Shepherded { .. } => unreachable!("a shepherded leader was handled above"),
             Leader::Adopted { pid, identity } => loop {
                 // The recorded exit code first: once it is there, the pid
                 // says nothing more.
@@ -245,11 +275,13 @@ impl ShellProcess {
         }
     }
 
-    /// A durable shell process: its child runs under a small supervisor that
-    /// records the child's pid and exit code in the file `run_dir` (one per
-    /// process, in a directory made private), and outlives the engine. A process restored from a checkpoint
-    /// with [`ShellProcess::restore`] re-attaches to the child, or reads its
-    /// exit code, and never starts it twice.
+    /// A durable shell process: its child is started by this engine
+    /// process's shepherd (or, where there can be none, a small `/bin/sh`
+    /// supervisor), which records the child's pid and exit code in the file
+    /// `run_dir` (one per process, in a directory made private), and
+    /// outlives the engine. A process restored from a checkpoint with
+    /// [`ShellProcess::restore`] re-attaches to the child, or reads its exit
+    /// code, and never starts it twice.
     ///
     /// The exit code is the shell's: a command killed by signal N reports
     /// 128 + N.
@@ -276,10 +308,10 @@ impl ShellProcess {
     async fn start(&mut self) {
         let slot = interruptible(self.governor.acquire()).await;
         if self.run_dir.is_some() {
-            // Recorded before the child starts: see `Starting`.
+            // The record, made exclusively before the command starts, is what
+            // tells a restarted engine it started: no state is recorded first.
             self.slot = Some(slot);
-            self.state = ShellState::Starting;
-            return;
+            return Box::pin(self.launch()).await;
         }
         match command::start(&self.spec) {
             Ok(started) => {
@@ -309,7 +341,8 @@ impl ShellProcess {
         });
     }
 
-    /// `Starting`: start the supervised child, unless an earlier engine did.
+    /// Starts the durable child (`Queued` with a slot, or `Starting` from an
+    /// older checkpoint), unless an earlier engine did: then re-attaches.
     async fn launch(&mut self) {
         let Some(run_dir) = self.run_dir.clone() else { return };
         let slot = match self.slot.take() {
@@ -323,6 +356,42 @@ impl ShellProcess {
                 reason: format!("cannot create the supervisors' directory `{}`: {e}", records.display()),
             };
             return;
+        }
+        let mut shepherd = true;
+        while shepherd && !run_dir.exists() {
+            let prepared = match command::prepare(&self.spec) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    self.state = ShellState::Failed { reason: e.to_string() };
+                    return;
+                }
+            };
+            let program = prepared.program.clone();
+            match shepherd::spawn(&self.spec, prepared, &run_dir).await {
+                Ok(spawned) => {
+                    let leader = Leader::Shepherded {
+                        pid: spawned.pid,
+                        identity: spawned.identity.clone(),
+                        exit: spawned.exit,
+                        code: None,
+                    };
+                    self.running(leader, spawned.pid, SystemTime::now(), spawned.identity, slot);
+                    return;
+                }
+                Err(NotSpawned::Refused(Refusal::AlreadyStarted)) => break,
+                Err(NotSpawned::Refused(Refusal::Unrecorded { message })) => {
+                    tracing::warn!(
+                        "{message} (is the disk full?): the command did not run; starting it again in {RESTART_AFTER:?}"
+                    );
+                    interruptible(tokio::time::sleep(RESTART_AFTER)).await;
+                }
+                Err(NotSpawned::Refused(Refusal::Spawn { errno, .. })) => {
+                    let e = command::spawn_error(&program, std::io::Error::from_raw_os_error(errno));
+                    self.state = ShellState::Failed { reason: e.to_string() };
+                    return;
+                }
+                Err(NotSpawned::NoShepherd) => shepherd = false,
+            }
         }
         if !run_dir.exists() {
             match command::start_supervised(&self.spec, &run_dir) {
@@ -495,13 +564,23 @@ impl Process<ShellState> for ShellProcess {
     /// Ends the process tree (`SIGTERM`, then `SIGKILL` after the grace period)
     /// and waits for the child to be reaped. A queued process never starts.
     async fn kill(&mut self) {
-        if self.run.is_none() {
+        if self.run.is_none()
+            && let Some(run_dir) = self.run_dir.as_deref()
+            && recorded_exit(run_dir).is_none()
+        {
             // Restored and not re-attached yet: the group is the recorded
-            // pid, if that is still the supervisor (and it has not ended).
-            if let ShellState::Running { pid, ref identity, .. } | ShellState::Paused { pid, ref identity, .. } =
-                self.state
-                && let Some(run_dir) = self.run_dir.as_deref()
-                && recorded_exit(run_dir).is_none()
+            // pid, if that is still the command's leader (and it has not
+            // ended). Recorded before `Running` was, it is in the record.
+            let recorded = match self.state {
+                ShellState::Running { pid, ref identity, .. } | ShellState::Paused { pid, ref identity, .. } => {
+                    Some((pid, identity.clone()))
+                }
+                ShellState::Queued | ShellState::Starting if self.restored => {
+                    recorded_pid(run_dir).map(|pid| (pid, None))
+                }
+                _ => None,
+            };
+            if let Some((pid, identity)) = recorded
                 && let Some(identity) = adoptable(pid, identity.as_ref(), run_dir)
             {
                 let run = Run {
@@ -569,5 +648,49 @@ impl Process<ShellState> for ShellProcess {
             | ShellState::Failed { .. }
             | ShellState::Killed => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_core::{DriveMode, spawn_owned};
+
+    use super::*;
+
+    /// Where no shepherd can start, each durable command runs under its own
+    /// `/bin/sh` supervisor, with the same record: a restart reads the exit
+    /// code from it and does not run the command again. (The other tests
+    /// of this binary start no durable command.)
+    #[test]
+    fn without_a_shepherd_a_sh_supervisor_records_the_command() {
+        shepherd::do_without();
+        let dir = tempfile::tempdir().unwrap();
+        let (run_dir, marker) = (dir.path().join("run"), dir.path().join("ran"));
+        let spec = ShellSpec::script(format!("echo ran >> '{}'; exit 5", marker.display()));
+        let drive = |state: Option<ShellState>| {
+            let (spec, run_dir) = (spec.clone(), run_dir.clone());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async {
+                let process = match state {
+                    None => ShellProcess::durable(spec, Governor::new(1), run_dir),
+                    Some(state) => ShellProcess::restore(spec, Governor::new(1), run_dir, state),
+                };
+                let handler = spawn_owned(&local, process, DriveMode::FireAndForget);
+                handler.try_nudge().unwrap();
+                handler.join().await.unwrap().state().clone()
+            })
+        };
+        let first = drive(None);
+        assert!(matches!(first, ShellState::Finished { exit_code: 5, .. }), "{first:?}");
+        let record = std::fs::read_to_string(&run_dir).unwrap();
+        let lines: Vec<&str> = record.lines().collect();
+        assert_eq!(lines.len(), 2, "{record:?}");
+        assert!(lines[0].parse::<u32>().is_ok() && lines[1] == "5", "{record:?}");
+        // Restored as if the engine had crashed before recording `Running`.
+        let again = drive(Some(ShellState::Queued));
+        assert!(matches!(again, ShellState::Finished { exit_code: 5, .. }), "{again:?}");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1, "the command ran twice");
+        assert!(!shepherd::started(), "a shepherd ran the command");
     }
 }

@@ -425,15 +425,13 @@ fn engine_life<F: std::future::Future>(f: impl FnOnce(Rc<LocalSet>) -> F) -> F::
     test(f)
 }
 
-/// A first engine life: starts a durable process step by step (`Starting` is
-/// recorded, then the child starts), leaves it running, and goes away.
+/// A first engine life: starts a durable process with one step (its record
+/// is made, then the child starts), leaves it running, and goes away.
 /// Returns the state a store would hold.
 fn first_life(spec: &ShellSpec, governor: &Governor, run_dir: &Path) -> ShellState {
     let (spec, governor, run_dir) = (spec.clone(), governor.clone(), run_dir.to_owned());
     engine_life(|local| async move {
         let h = spawn_owned(&local, ShellProcess::durable(spec, governor, run_dir), DriveMode::Step);
-        h.nudge().await.unwrap();
-        wait_until("starting", || h.state() == ShellState::Starting).await;
         h.nudge().await.unwrap();
         wait_until("running", || running_pid(&h).is_some()).await;
         h.state()
@@ -468,21 +466,43 @@ fn a_durable_child_outlives_its_engine_and_is_reattached() {
 }
 
 #[test]
-fn a_restart_in_starting_adopts_the_child_instead_of_starting_it_again() {
+fn a_restart_before_running_was_recorded_adopts_the_child_instead_of_starting_it_again() {
+    // The engine started the child and crashed before it recorded `Running`:
+    // the store says `Queued` (or `Starting`, from an older drover).
+    for recorded in [ShellState::Queued, ShellState::Starting] {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let marker = dir.path().join("marker");
+        let spec = ShellSpec::script(format!("echo ran >> '{}'; sleep 0.5; exit 0", marker.display()));
+        let governor = Governor::new(2);
+        first_life(&spec, &governor, &run_dir);
+        let label = format!("{recorded:?}");
+        let state = engine_life(|local| async move {
+            let proc = ShellProcess::restore(spec, governor, run_dir, recorded);
+            finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+        });
+        assert!(state.succeeded(), "{label}: {state:?}");
+        assert_eq!(marker_lines(&marker), 1, "{label}: the command ran twice");
+    }
+}
+
+#[test]
+fn a_restored_child_killed_before_it_was_re_attached_ends_with_its_tree() {
+    // Recorded `Queued`, running already: a kill before the next step still
+    // finds it by its record.
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
-    let marker = dir.path().join("marker");
-    let spec = ShellSpec::script(format!("echo ran >> '{}'; sleep 0.5; exit 0", marker.display()));
+    let spec = ShellSpec::script("sleep 1000 & sleep 1000");
     let governor = Governor::new(2);
-    // The engine recorded `Starting`, started the child, and crashed before
-    // it recorded `Running`.
-    first_life(&spec, &governor, &run_dir);
-    let state = engine_life(|local| async move {
-        let proc = ShellProcess::restore(spec, governor, run_dir, ShellState::Starting);
-        finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await
+    let running = first_life(&spec, &governor, &run_dir);
+    let ShellState::Running { pid, .. } = running else { panic!("{running:?}") };
+    engine_life(|local| async move {
+        let h =
+            spawn_owned(&local, ShellProcess::restore(spec, governor, run_dir, ShellState::Queued), DriveMode::Step);
+        h.kill().await.unwrap();
+        assert_eq!(h.state(), ShellState::Killed);
     });
-    assert!(state.succeeded(), "{state:?}");
-    assert_eq!(marker_lines(&marker), 1, "the command ran twice");
+    assert_group_gone(pid);
 }
 
 #[test]
@@ -509,9 +529,9 @@ fn a_restored_running_child_can_be_killed() {
     let governor = Governor::new(2);
     let running = first_life(&spec, &governor, &run_dir);
     let ShellState::Running { pid, .. } = running else { panic!("{running:?}") };
-    // The supervisor, the command's shell and its two sleeps.
+    // The command's shell and its two sleeps.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while group_members(pid).len() < 4 {
+    while group_members(pid).len() < 3 {
         assert!(Instant::now() < deadline, "the tree never started: {:?}", group_members(pid));
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -545,6 +565,13 @@ fn a_recycled_pid_is_never_adopted_paused_or_killed() {
     // exit code, and an unrelated group gets a pid drover recorded.
     nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     assert_group_gone(pid);
+    // The shepherd, which outlived the "reboot" here, records the end; the
+    // record is then rewritten as a reboot leaves it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while marker_lines(&run_dir) < 2 {
+        assert!(Instant::now() < deadline, "the end was never recorded");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut bystander = unrelated_group();
     let other = bystander.id();
     std::fs::write(&run_dir, format!("{other}\n")).unwrap();

@@ -1,0 +1,274 @@
+//! The shepherd's side: a small single-threaded loop that starts the
+//! engine's durable commands as its own children, records each one's pid and
+//! exit code in its record, tells the engine, and outlives an engine that
+//! stops or crashes until its last command has ended.
+//!
+//! It runs in the engine's own program, started again with [`MARKER`] set:
+//! a constructor (run before `main`, in every program that links this crate)
+//! sees the variable and runs [`serve`] instead of the program. Before `main`,
+//! the code here keeps to what needs no runtime set up by it: files,
+//! `fork`/`exec` through `std::process`, and `nix`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+use super::wire::{HELLO, MARKER, MAX_MESSAGE, Refusal, Start, ToEngine};
+
+/// Runs before `main` in every program that links drover-shell: a program
+/// started as a shepherd becomes one and never reaches its `main`.
+#[ctor::ctor(unsafe)]
+#[allow(unsafe_code)]
+fn become_a_shepherd_if_asked() {
+    let Some(value) = std::env::var_os(MARKER) else { return };
+    let fd = value.to_str().and_then(|v| v.parse::<RawFd>().ok()).filter(|fd| *fd > 2);
+    let is_socket = fd.is_some_and(|fd| {
+        // SAFETY: only asks the kernel about the descriptor; nothing is owned.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType)
+            .is_ok_and(|t| t == nix::sys::socket::SockType::SeqPacket)
+    });
+    let (Some(fd), true) = (fd, is_socket) else {
+        eprintln!(
+            "drover: {MARKER} is set, but this program was not started as drover's shepherd \
+             (descriptor {value:?} is not its socket); unset {MARKER}"
+        );
+        std::process::exit(2);
+    };
+    // SAFETY: before `main`, one thread; the variable is for this process
+    // alone, and its commands must not inherit it.
+    unsafe { std::env::remove_var(MARKER) };
+    // SAFETY: the engine handed this descriptor over for this process to own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::process::exit(serve(&sock));
+}
+
+/// A command the shepherd started and has not reaped yet.
+struct Child {
+    id: u64,
+    record: File,
+}
+
+/// The loop: requests from the engine, and the ends of the commands. Returns
+/// the shepherd's exit status once the engine has gone and every command it
+/// started has ended.
+fn serve(sock: &OwnedFd) -> i32 {
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let signals = chld.thread_block().and_then(|()| SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK));
+    let Ok(signals) = signals else {
+        eprintln!("drover shepherd: cannot watch its children: {}", Errno::last());
+        return 1;
+    };
+    let mut connected = send(sock, &ToEngine::Hello { version: HELLO, pid: std::process::id() });
+    let mut children: HashMap<i32, Child> = HashMap::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        if !connected && children.is_empty() {
+            return 0;
+        }
+        let (ended, asked) = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            if connected {
+                fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("drover shepherd: poll: {e}");
+                    return 1;
+                }
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+        };
+        if ended {
+            while let Ok(Some(_)) = signals.read_signal() {}
+            reap(&mut children, sock, &mut connected);
+        }
+        if asked {
+            match receive(sock, &mut buf) {
+                Ok(Some((len, streams))) => match serde_json::from_slice::<Start>(&buf[..len]) {
+                    Ok(start) => {
+                        let id = start.id;
+                        let answer = match launch(start, streams) {
+                            Ok((pid, record)) => {
+                                children.insert(pid, Child { id, record });
+                                let pid = pid.unsigned_abs();
+                                ToEngine::Started { id, pid, start_ticks: crate::ident::start_ticks(pid) }
+                            }
+                            Err(why) => ToEngine::Refused { id, why },
+                        };
+                        connected = send(sock, &answer);
+                    }
+                    Err(e) => {
+                        eprintln!("drover shepherd: a request it cannot read: {e}");
+                        connected = false;
+                    }
+                },
+                Ok(None) => connected = false,
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(_) => connected = false,
+            }
+        }
+    }
+}
+
+/// Reaps every command that has ended: its exit code goes to its record,
+/// then to the engine.
+fn reap(children: &mut HashMap<i32, Child>, sock: &OwnedFd, connected: &mut bool) {
+    loop {
+        let (pid, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        let Some(mut child) = children.remove(&pid.as_raw()) else { continue };
+        // One write of the whole line: a reader takes only whole lines. A
+        // record that cannot take it (a full disk) leaves the engine, if
+        // there is one, as the only one to know.
+        let _ = child.record.write_all(format!("{code}\n").as_bytes());
+        if *connected {
+            *connected = send(sock, &ToEngine::Exited { id: child.id, code });
+        }
+    }
+}
+
+/// Creates the record exclusively and starts the command in its own process
+/// group; the command writes its own pid into the record before it executes
+/// the program, so a pid in a record is always the command's.
+fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<(i32, File), Refusal> {
+    let record = File::options()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&start.record)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Refusal::AlreadyStarted,
+            _ => Refusal::Unrecorded { message: format!("cannot create `{}`: {e}", start.record.display()) },
+        })?;
+    let mut streams = streams.into_iter();
+    let mut stream =
+        |attached: bool| if attached { streams.next().map_or_else(Stdio::null, Stdio::from) } else { Stdio::null() };
+    #[allow(clippy::disallowed_methods)] // the shepherd starts the commands `command.rs` prepared
+    let mut cmd = std::process::Command::new(&start.program);
+    cmd.args(&start.args)
+        .stdin(stream(start.streams[0]))
+        .stdout(stream(start.streams[1]))
+        .stderr(stream(start.streams[2]))
+        .process_group(0);
+    if start.env.clear {
+        cmd.env_clear();
+    }
+    for key in &start.env.remove {
+        cmd.env_remove(key);
+    }
+    cmd.envs(&start.env.set);
+    if let Some(cwd) = &start.cwd {
+        cmd.current_dir(cwd);
+    }
+    let (limits, open_files, fd) = (start.limits, start.open_files, record.as_raw_fd());
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // `getpid`, `getrlimit`, `setrlimit` and `write`, which are
+    // async-signal-safe; it formats the pid on the stack and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            crate::limits::apply(limits, open_files)?;
+            let mut line = [0u8; 16];
+            let len = pid_line(std::process::id(), &mut line);
+            match nix::libc::write(fd, line.as_ptr().cast(), len) {
+                n if n == len as isize => Ok(()),
+                n if n < 0 => Err(io::Error::last_os_error()),
+                _ => Err(io::Error::from_raw_os_error(nix::libc::ENOSPC)),
+            }
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => Ok((i32::try_from(child.id()).unwrap_or(i32::MAX), record)),
+        Err(e) => {
+            // It did not run: nothing may say it started.
+            drop(record);
+            let _ = std::fs::remove_file(&start.record);
+            Err(match e.raw_os_error() {
+                Some(nix::libc::ENOSPC | nix::libc::EDQUOT) => Refusal::Unrecorded {
+                    message: format!("cannot write the pid into `{}`: {e}", start.record.display()),
+                },
+                errno => Refusal::Spawn { errno: errno.unwrap_or(0), message: e.to_string() },
+            })
+        }
+    }
+}
+
+/// `pid` in decimal and a newline, into `buf`; returns the length.
+fn pid_line(pid: u32, buf: &mut [u8; 16]) -> usize {
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (pid, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        buf[i] = *d;
+    }
+    buf[len] = b'\n';
+    len + 1
+}
+
+/// Sends one message; whether the engine is still there to read it.
+fn send(sock: &OwnedFd, message: &ToEngine) -> bool {
+    let Ok(bytes) = serde_json::to_vec(message) else { return false };
+    sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(&bytes)], &[], MsgFlags::MSG_NOSIGNAL, None).is_ok()
+}
+
+/// Receives one request and the streams attached to it; `None` once the
+/// engine has closed its end.
+#[allow(unsafe_code)]
+fn receive(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: descriptors received with the message are this process's own.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(Errno::EMSGSIZE);
+    }
+    Ok((msg.bytes > 0).then_some((msg.bytes, fds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pid_line;
+
+    #[test]
+    fn a_pid_line_is_the_pid_and_a_newline() {
+        for pid in [0, 7, 10, 4_194_304, u32::MAX] {
+            let mut buf = [0u8; 16];
+            let len = pid_line(pid, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), format!("{pid}\n"));
+        }
+    }
+}
