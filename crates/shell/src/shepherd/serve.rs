@@ -15,6 +15,7 @@ use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use nix::errno::Errno;
@@ -54,10 +55,12 @@ fn become_a_shepherd_if_asked() {
     std::process::exit(serve(&sock));
 }
 
-/// A command the shepherd started and has not reaped yet.
+/// A command the shepherd started and has not reaped yet. Its record is
+/// opened again for its exit code, not held open: thousands of commands may
+/// run at once.
 struct Child {
     id: u64,
-    record: File,
+    record: PathBuf,
 }
 
 /// The loop: requests from the engine, and the ends of the commands. Returns
@@ -103,8 +106,9 @@ fn serve(sock: &OwnedFd) -> i32 {
                 Ok(Some((len, streams))) => match serde_json::from_slice::<Start>(&buf[..len]) {
                     Ok(start) => {
                         let id = start.id;
+                        let record = start.record.clone();
                         let answer = match launch(start, streams) {
-                            Ok((pid, record)) => {
+                            Ok(pid) => {
                                 children.insert(pid, Child { id, record });
                                 let pid = pid.unsigned_abs();
                                 ToEngine::Started { id, pid, start_ticks: crate::ident::start_ticks(pid) }
@@ -136,11 +140,12 @@ fn reap(children: &mut HashMap<i32, Child>, sock: &OwnedFd, connected: &mut bool
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(_) => continue,
         };
-        let Some(mut child) = children.remove(&pid.as_raw()) else { continue };
+        let Some(child) = children.remove(&pid.as_raw()) else { continue };
         // One write of the whole line: a reader takes only whole lines. A
         // record that cannot take it (a full disk) leaves the engine, if
         // there is one, as the only one to know.
-        let _ = child.record.write_all(format!("{code}\n").as_bytes());
+        let record = File::options().append(true).custom_flags(nix::libc::O_NOFOLLOW).open(&child.record);
+        let _ = record.and_then(|mut record| record.write_all(format!("{code}\n").as_bytes()));
         if *connected {
             *connected = send(sock, &ToEngine::Exited { id: child.id, code });
         }
@@ -150,7 +155,7 @@ fn reap(children: &mut HashMap<i32, Child>, sock: &OwnedFd, connected: &mut bool
 /// Creates the record exclusively and starts the command in its own process
 /// group; the command writes its own pid into the record before it executes
 /// the program, so a pid in a record is always the command's.
-fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<(i32, File), Refusal> {
+fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
     let record = File::options()
         .append(true)
         .create_new(true)
@@ -199,7 +204,7 @@ fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<(i32, File), Refusal> {
         });
     }
     match cmd.spawn() {
-        Ok(child) => Ok((i32::try_from(child.id()).unwrap_or(i32::MAX), record)),
+        Ok(child) => Ok(i32::try_from(child.id()).unwrap_or(i32::MAX)),
         Err(e) => {
             // It did not run: nothing may say it started.
             drop(record);
