@@ -3,7 +3,10 @@
 //! `cargo bench -p drover-shell --bench shell` runs them at full size;
 //! `cargo test` runs this binary with tiny sizes as a smoke test.
 //!
-//! 1. N = CPUs: runs of `/bin/true` through drover against `xargs -P N -n 1 /bin/true`;
+//! 1. N = CPUs: runs of `/bin/true` through drover against `xargs -P N -n 1 /bin/true`,
+//!    and through drover's durable path without a store (each command
+//!    started by the shepherd, its record written; `drover run`, with the
+//!    store, is `cargo bench -p drover-cli --bench durable`);
 //! 2. N = 50: runs of `sleep 0.05` against `xargs -P 50 -n 1 sleep`;
 //! 3. the engine's peak memory (VmHWM) with 10,000 processes queued behind a
 //!    full governor, measured in a fresh child process, and how fast pause and
@@ -37,9 +40,9 @@ fn main() {
     );
 
     println!("(1) {trues} runs of /bin/true, {cpus} at a time");
-    compare(rounds, trues, cpus, "/bin/true", "x", 1.25);
+    compare(rounds, trues, cpus, "/bin/true", "x", 1.25, true);
     println!("(2) {sleeps} runs of sleep 0.05, 50 at a time");
-    compare(rounds, sleeps, 50, "sleep", "0.05", 1.1);
+    compare(rounds, sleeps, 50, "sleep", "0.05", 1.1, false);
 
     println!("(3) {queued} processes queued behind a full governor (fresh process)");
     let out = Command::new(std::env::current_exe().unwrap())
@@ -58,16 +61,34 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs `count` times `program arg`, `parallel` at a time, through drover and
 /// through xargs, and prints both.
-fn compare(rounds: usize, count: usize, parallel: usize, program: &str, arg: &str, goal: f64) {
+fn compare(rounds: usize, count: usize, parallel: usize, program: &str, arg: &str, goal: f64, durable: bool) {
     let mut best_drover = Duration::MAX;
+    let mut best_durable = Duration::MAX;
     let mut best_xargs = Duration::MAX;
     for _ in 0..rounds {
         best_xargs = best_xargs.min(xargs(count, parallel, program, arg));
-        best_drover = best_drover.min(drover(count, parallel, program, arg));
+        best_drover = best_drover.min(drover(count, parallel, program, arg, false));
+        if durable {
+            best_durable = best_durable.min(drover(count, parallel, program, arg, true));
+        }
     }
-    let ratio = best_drover.as_secs_f64() / best_xargs.as_secs_f64();
+    let ratio = |d: Duration| d.as_secs_f64() / best_xargs.as_secs_f64();
     println!("  {:<36} {:>9.3} s", format!("xargs -P {parallel} -n 1 {program}"), best_xargs.as_secs_f64());
-    println!("  {:<36} {:>9.3} s   {ratio:.2}x xargs (goal: within {goal}x)\n", "drover", best_drover.as_secs_f64());
+    println!(
+        "  {:<36} {:>9.3} s   {:.2}x xargs (goal: within {goal}x)",
+        "drover",
+        best_drover.as_secs_f64(),
+        ratio(best_drover)
+    );
+    if durable {
+        println!(
+            "  {:<36} {:>9.3} s   {:.2}x xargs",
+            "drover, durable (shepherd, no store)",
+            best_durable.as_secs_f64(),
+            ratio(best_durable)
+        );
+    }
+    println!();
 }
 
 fn xargs(count: usize, parallel: usize, program: &str, arg: &str) -> Duration {
@@ -84,17 +105,24 @@ fn xargs(count: usize, parallel: usize, program: &str, arg: &str) -> Duration {
     started.elapsed()
 }
 
-fn drover(count: usize, parallel: usize, program: &str, arg: &str) -> Duration {
+fn drover(count: usize, parallel: usize, program: &str, arg: &str, durable: bool) -> Duration {
     let rt = runtime();
     let local = Rc::new(LocalSet::new());
     let governor = Governor::new(parallel);
+    let records = tempfile::tempdir().unwrap();
+    let records = records.path();
     let started = Instant::now();
     local.block_on(&rt, {
         let local = local.clone();
         async move {
             let handlers: Vec<_> = (0..count)
-                .map(|_| {
-                    let proc = ShellProcess::new(ShellSpec::program(program, [arg]), governor.clone());
+                .map(|n| {
+                    let spec = ShellSpec::program(program, [arg]);
+                    let proc = if durable {
+                        ShellProcess::durable(spec, governor.clone(), records.join(n.to_string()))
+                    } else {
+                        ShellProcess::new(spec, governor.clone())
+                    };
                     spawn_owned(&local, proc, DriveMode::FireAndForget)
                 })
                 .collect();

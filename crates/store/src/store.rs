@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::{mpsc, oneshot};
 
 /// The version of the schema this drover writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 const MAGIC: &str = "drover-store";
 /// The tables of a store (for a shared PostgreSQL database that has others).
 const OUR_TABLES: &[&str] = &["drover_meta", "processes", "events", "drover_engines", "drover_leases", "drover_counts"];
@@ -304,8 +304,8 @@ fn private_files(path: &Path) -> std::io::Result<()> {
 }
 
 /// The schema, the same for both backends but for the type of the event
-/// log's sequence column.
-fn schema(serial_key: &str) -> Vec<String> {
+/// log's sequence column and the language of the triggers.
+fn schema(serial_key: &str, triggers: &[&str]) -> Vec<String> {
     vec![
         "CREATE TABLE drover_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)".to_owned(),
         "CREATE TABLE processes (
@@ -345,10 +345,11 @@ fn schema(serial_key: &str) -> Vec<String> {
         ),
         "CREATE INDEX events_process ON events (process_id, seq)".to_owned(),
         COUNTS.to_owned(),
-        format!(
-            "INSERT INTO drover_meta (key, value) VALUES ('magic', '{MAGIC}'), ('schema_version', '{SCHEMA_VERSION}')"
-        ),
     ])
+    .chain(triggers.iter().map(|s| (*s).to_owned()))
+    .chain([format!(
+        "INSERT INTO drover_meta (key, value) VALUES ('magic', '{MAGIC}'), ('schema_version', '{SCHEMA_VERSION}')"
+    )])
     .collect()
 }
 
@@ -374,10 +375,82 @@ const LIST_INDEXES: &[&str] = &[
     "CREATE INDEX processes_ended ON processes (created_at, id) WHERE terminal AND parent IS NULL",
 ];
 
-/// The number of processes per status, moved by every write in the
-/// transaction that makes it: the counts `list` shows cost one small read
-/// however many processes there are.
+/// The number of processes per status, moved with every write that moves
+/// one (schema version 4's triggers): the counts `list` shows cost one
+/// small read however many processes there are.
 const COUNTS: &str = "CREATE TABLE drover_counts (status TEXT PRIMARY KEY, n BIGINT NOT NULL)";
+
+/// Schema version 4: the event log and the counts per status are kept by
+/// the database itself, in the statement that writes a process (an insert,
+/// a checkpoint, a delete), so that a checkpoint is one statement: one
+/// round trip to the database, whatever it moves. A process's status is
+/// `paused` while it is paused and has not ended, its state's name otherwise.
+const SQLITE_TRIGGERS: &[&str] = &[
+    "CREATE TRIGGER drover_inserted AFTER INSERT ON processes BEGIN
+        INSERT INTO events (process_id, checkpoint, paused, at, epoch)
+            VALUES (NEW.id, NEW.checkpoint, NEW.paused, NEW.updated_at, NEW.epoch);
+        INSERT INTO drover_counts (status, n)
+            VALUES (CASE WHEN NEW.paused AND NOT NEW.terminal THEN 'paused' ELSE NEW.state END, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END",
+    "CREATE TRIGGER drover_recorded AFTER UPDATE OF checkpoint ON processes BEGIN
+        INSERT INTO events (process_id, checkpoint, paused, at, epoch)
+            VALUES (NEW.id, NEW.checkpoint, NEW.paused, NEW.updated_at, NEW.epoch);
+    END",
+    "CREATE TRIGGER drover_moved AFTER UPDATE OF state, paused, terminal ON processes
+        WHEN (CASE WHEN OLD.paused AND NOT OLD.terminal THEN 'paused' ELSE OLD.state END)
+            IS NOT (CASE WHEN NEW.paused AND NOT NEW.terminal THEN 'paused' ELSE NEW.state END)
+    BEGIN
+        INSERT INTO drover_counts (status, n)
+            VALUES (CASE WHEN OLD.paused AND NOT OLD.terminal THEN 'paused' ELSE OLD.state END, -1)
+            ON CONFLICT (status) DO UPDATE SET n = n - 1;
+        INSERT INTO drover_counts (status, n)
+            VALUES (CASE WHEN NEW.paused AND NOT NEW.terminal THEN 'paused' ELSE NEW.state END, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END",
+    "CREATE TRIGGER drover_removed AFTER DELETE ON processes BEGIN
+        INSERT INTO drover_counts (status, n)
+            VALUES (CASE WHEN OLD.paused AND NOT OLD.terminal THEN 'paused' ELSE OLD.state END, -1)
+            ON CONFLICT (status) DO UPDATE SET n = n - 1;
+    END",
+];
+
+/// [`SQLITE_TRIGGERS`], for PostgreSQL.
+const POSTGRES_TRIGGERS: &[&str] = &[
+    "CREATE OR REPLACE FUNCTION drover_event() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO events (process_id, checkpoint, paused, at, epoch)
+            VALUES (NEW.id, NEW.checkpoint, NEW.paused, NEW.updated_at, NEW.epoch);
+        RETURN NULL;
+    END $$",
+    "CREATE OR REPLACE FUNCTION drover_count() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        old_status TEXT;
+        new_status TEXT;
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN
+            old_status := CASE WHEN OLD.paused AND NOT OLD.terminal THEN 'paused' ELSE OLD.state END;
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            new_status := CASE WHEN NEW.paused AND NOT NEW.terminal THEN 'paused' ELSE NEW.state END;
+        END IF;
+        IF old_status IS DISTINCT FROM new_status THEN
+            IF old_status IS NOT NULL THEN
+                INSERT INTO drover_counts (status, n) VALUES (old_status, -1)
+                    ON CONFLICT (status) DO UPDATE SET n = drover_counts.n - 1;
+            END IF;
+            IF new_status IS NOT NULL THEN
+                INSERT INTO drover_counts (status, n) VALUES (new_status, 1)
+                    ON CONFLICT (status) DO UPDATE SET n = drover_counts.n + 1;
+            END IF;
+        END IF;
+        RETURN NULL;
+    END $$",
+    "CREATE TRIGGER drover_inserted AFTER INSERT ON processes FOR EACH ROW EXECUTE FUNCTION drover_event()",
+    "CREATE TRIGGER drover_recorded AFTER UPDATE OF checkpoint ON processes FOR EACH ROW EXECUTE FUNCTION drover_event()",
+    "CREATE TRIGGER drover_counted AFTER INSERT OR DELETE OR UPDATE OF state, paused, terminal ON processes
+        FOR EACH ROW EXECUTE FUNCTION drover_count()",
+];
 
 const ENGINES: &str = "CREATE TABLE drover_engines (
     id TEXT PRIMARY KEY,
@@ -521,7 +594,7 @@ impl Store {
         let tables = sqlite_tables(&mut *pool.acquire().await.map_err(db_err)?).await.map_err(db_err)?;
         let db = Db::Sqlite(pool);
         if judge(&location, &tables, None)? == Judged::Create {
-            Store::create(&db, &location, &schema(SQLITE_SERIAL)).await?;
+            Store::create(&db, &location, &schema(SQLITE_SERIAL, SQLITE_TRIGGERS)).await?;
         } else {
             Store::migrate(&db, &location, judged).await?;
         }
@@ -568,7 +641,7 @@ impl Store {
         };
         let db = Db::Postgres(pool);
         match judge(&location, &ours, meta)? {
-            Judged::Create => Store::create(&db, &location, &schema(POSTGRES_SERIAL)).await?,
+            Judged::Create => Store::create(&db, &location, &schema(POSTGRES_SERIAL, POSTGRES_TRIGGERS)).await?,
             judged => Store::migrate(&db, &location, judged).await?,
         }
         Ok(Store::start(db, location))
@@ -595,7 +668,7 @@ impl Store {
     /// write lock first (a no-op update of the version), reads the version
     /// again, and does nothing if another engine migrated meanwhile.
     async fn migrate(db: &Db, location: &str, judged: Judged) -> Result<(), StoreError> {
-        if !matches!(judged, Judged::Existing(1 | 2)) {
+        if !matches!(judged, Judged::Existing(1..=3)) {
             return Ok(());
         }
         let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
@@ -649,6 +722,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+            }
+            // Version 4: the triggers, once the counts are right.
+            if version != SCHEMA_VERSION.to_string() {
+                let triggers = if matches!(db, Db::Postgres(_)) { POSTGRES_TRIGGERS } else { SQLITE_TRIGGERS };
+                for statement in triggers.iter().chain(&["UPDATE drover_meta SET value = '4' WHERE key = 'schema_version'"]) {
+                    sqlx::query(sqlx::AssertSqlSafe(*statement)).execute(&mut *tx).await.map_err(db_err)?;
+                }
             }
             tx.commit().await.map_err(db_err)?;
         });
@@ -1275,12 +1355,8 @@ impl Store {
                         }
                     }
                 }
+                // (The counts move with each deleted row: schema version 4's triggers.)
                 processes.retain(|p| removed.contains(&p.id));
-                let mut deltas = std::collections::BTreeMap::new();
-                for p in &processes {
-                    *deltas.entry(status(drover_kind::envelope_state_name(&p.checkpoint), p.paused, p.terminal)).or_insert(0) -= 1;
-                }
-                add_counts(&mut tx, &deltas).await.map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
             }
             Ok(PruneBatch { processes, next })
@@ -1441,42 +1517,6 @@ async fn writer(db: Db, location: Arc<str>, mut rx: mpsc::UnboundedReceiver<Requ
     }
 }
 
-/// What a person reads as a process's status: `paused` for a paused process
-/// that has not ended, its state's name otherwise.
-fn status(state: String, paused: bool, terminal: bool) -> String {
-    if paused && !terminal { "paused".to_owned() } else { state }
-}
-
-/// Moves the counts per status by `deltas`, last in a transaction: the
-/// rows of `drover_counts` it locks (on PostgreSQL) are held only until the
-/// commit.
-async fn add_counts<'c, DB>(
-    tx: &mut sqlx::Transaction<'c, DB>,
-    deltas: &std::collections::BTreeMap<String, i64>,
-) -> Result<(), sqlx::Error>
-where
-    DB: sqlx::Database,
-    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
-    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
-    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let moved: Vec<(&String, &i64)> = deltas.iter().filter(|(_, n)| **n != 0).collect();
-    if moved.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "INSERT INTO drover_counts (status, n) VALUES {} ON CONFLICT (status) DO UPDATE SET n = drover_counts.n + excluded.n",
-        placeholders(moved.len(), 2)
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (status, n) in moved {
-        query = query.bind(status.clone()).bind(*n);
-    }
-    query.execute(&mut **tx).await?;
-    Ok(())
-}
-
 /// Rows per statement: well under SQLite's limit of bound parameters.
 const CHUNK: usize = 400;
 
@@ -1499,19 +1539,102 @@ fn placeholders(rows: usize, width: usize) -> String {
     out
 }
 
-/// Commits a group in one transaction, with a few multi-row statements per
-/// chunk of requests: which ids exist, the new process rows, the updated
-/// process rows (fenced ones only where their owner and epoch still hold),
-/// the children of the updated ones, and the event rows. A request that
-/// fails on its own (a duplicate id, an unknown process, a stale fence) gets
-/// its error and writes nothing; the others commit.
+/// The statement that records checkpoints of `rows` processes: each row's
+/// checkpoint where its fence (owner and epoch, or none) still holds; the
+/// ids it updated come back. The event log and the counts move with it
+/// (schema version 4's triggers).
+fn record_sql(rows: usize) -> String {
+    // VALUES columns are `column1`, `column2`, ... in SQLite and PostgreSQL alike.
+    format!(
+        "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
+         pending_work = v.column6, state = v.column9
+         FROM (VALUES {}) AS v
+         WHERE processes.id = v.column1 AND (v.column7 = '' OR (processes.owner = v.column7 AND processes.epoch = v.column8))
+         RETURNING processes.id",
+        placeholders(rows, 9)
+    )
+}
+
+/// Binds a [`record_sql`] statement's rows.
+macro_rules! bind_records {
+    ($query:expr, $records:expr) => {{
+        let mut query = $query;
+        for (id, r, at) in $records {
+            let (owner, epoch) = r.fence.as_ref().map_or(("", 0), |f| (f.owner.as_str(), f.epoch));
+            query = query
+                .bind(*id)
+                .bind(&r.checkpoint)
+                .bind(r.paused)
+                .bind(r.terminal)
+                .bind(*at)
+                .bind(r.pending_work)
+                .bind(owner)
+                .bind(epoch)
+                .bind(drover_kind::envelope_state_name(&r.checkpoint));
+        }
+        query
+    }};
+}
+
+/// A group of checkpoints alone, as one statement (atomic by itself, no
+/// transaction around it). A process it did not update exists and was
+/// fenced, or does not exist: one more read tells which, for those only.
+async fn commit_records(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
+    let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
+    let rows: Vec<(&String, &Record, i64)> = group
+        .iter()
+        .filter_map(|r| match &r.write {
+            Write::Record { id, record } => Some((id, record, r.at)),
+            _ => None,
+        })
+        .collect();
+    let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_db!(db, pool => async {
+        let query = bind_records!(sqlx::query(sqlx::AssertSqlSafe(record_sql(rows.len()))), rows.iter().map(|(id, r, at)| (id, r, at)));
+        let updated: std::collections::HashSet<String> =
+            query.fetch_all(pool).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
+        let missing: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).filter(|id| !updated.contains(*id)).collect();
+        let mut known = std::collections::HashSet::new();
+        if !missing.is_empty() {
+            let sql = format!("SELECT id FROM processes WHERE id IN ({})", (1..=missing.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in &missing {
+                query = query.bind(*id);
+            }
+            known.extend(query.fetch_all(pool).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)));
+        }
+        Ok(rows
+            .iter()
+            .map(|(id, _, _)| match (updated.contains(id.as_str()), known.contains(id.as_str())) {
+                (true, _) => Ok(()),
+                (false, true) => Err(StoreError::Fenced((*id).clone())),
+                (false, false) => Err(StoreError::Unknown((*id).clone())),
+            })
+            .collect())
+    }.await);
+    match attempt {
+        Ok(results) => results,
+        Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// Commits a group. A group of checkpoints alone (the common case: running
+/// processes moving on) is one statement, atomic by itself: one round trip
+/// to the database. Anything else is one transaction, with a few multi-row
+/// statements per chunk of requests: which ids exist, the new process rows,
+/// the updated process rows (fenced ones only where their owner and epoch
+/// still hold), the children of the updated ones. A request that fails on
+/// its own (a duplicate id, an unknown process, a stale fence) gets its
+/// error and writes nothing; the others commit.
 async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
+    let only_records = group.len() <= CHUNK
+        && group.iter().all(|r| matches!(&r.write, Write::Record { record, .. } if record.children.is_empty()));
+    if only_records {
+        return commit_records(db, location, group).await;
+    }
     let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
     let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_db!(db, pool => async {
         let mut tx = pool.begin().await.map_err(db_err)?;
         let mut results = Vec::with_capacity(group.len());
-        // How the counts per status move, over the whole group.
-        let mut deltas: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
         for chunk in group.chunks(CHUNK) {
             // Which ids exist already (with their parents), of processes and children.
             let mut ids: Vec<&str> = Vec::new();
@@ -1526,18 +1649,14 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 }
             }
             let mut existing: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
-            // The status each process has now, as the counts know it.
-            let mut status_now: std::collections::HashMap<String, String> = std::collections::HashMap::new();
             for part in ids.chunks(CHUNK) {
-                let sql = format!("SELECT id, parent, state, paused, terminal FROM processes WHERE id IN ({})", (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+                let sql = format!("SELECT id, parent FROM processes WHERE id IN ({})", (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for id in part {
                     query = query.bind(*id);
                 }
                 for row in query.fetch_all(&mut *tx).await.map_err(db_err)? {
-                    let id = row.get::<String, _>(0);
-                    status_now.insert(id.clone(), status(row.get(2), row.get(3), row.get(4)));
-                    existing.insert(id, row.get::<Option<String>, _>(1));
+                    existing.insert(row.get::<String, _>(0), row.get::<Option<String>, _>(1));
                 }
             }
 
@@ -1592,64 +1711,33 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 };
                 results.push(result);
             }
-            if !records.is_empty() {
-                // VALUES columns are `column1`, `column2`, ... in SQLite and PostgreSQL alike.
-                let sql = format!(
-                    "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
-                     pending_work = v.column6, state = v.column9
-                     FROM (VALUES {}) AS v
-                     WHERE processes.id = v.column1 AND (v.column7 = '' OR (processes.owner = v.column7 AND processes.epoch = v.column8))
-                     RETURNING processes.id",
-                    placeholders(records.len(), 9)
+            // Processes inserted in this very group are updated below, after the inserts.
+            let (old, fresh): (Vec<_>, Vec<_>) = records.iter().partition(|(_, id, _, _)| existing.contains_key(*id));
+            let mut fenced = std::collections::HashSet::new();
+            if !old.is_empty() {
+                let query = bind_records!(
+                    sqlx::query(sqlx::AssertSqlSafe(record_sql(old.len()))),
+                    old.iter().map(|(_, id, r, at)| (id, r, at))
                 );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (_, id, r, at) in &records {
-                    let (owner, epoch) = r.fence.as_ref().map_or(("", 0), |f| (f.owner.as_str(), f.epoch));
-                    query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at)
-                        .bind(r.pending_work).bind(owner).bind(epoch).bind(drover_kind::envelope_state_name(&r.checkpoint));
-                }
-                // A process inserted in this very group is not updated yet: updated below, after the inserts.
                 let updated: std::collections::HashSet<String> =
                     query.fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
-                records.retain(|(n, id, _, _)| {
-                    if updated.contains(*id) || !existing.contains_key(*id) {
-                        true
-                    } else {
+                for (n, id, _, _) in &old {
+                    if !updated.contains(*id) {
                         results[first + n] = Err(StoreError::Fenced((*id).clone()));
-                        false
+                        fenced.insert(id.as_str());
                     }
-                });
+                }
             }
-            let mut events: Vec<(&str, &str, bool, i64, i64)> = Vec::new();
-            for (p, _, at) in &inserts {
-                events.push((&p.id, &p.checkpoint, false, *at, i64::from(p.owner.is_some())));
-            }
-            let mut children: Vec<(&NewProcess, Option<&str>, i64)> = Vec::new();
+            // The children of the records that were made, created at their parent's record.
             for (_, id, r, at) in &records {
-                for c in &r.children {
-                    if !existing.contains_key(&c.id) {
-                        children.push((c, Some(id.as_str()), *at));
-                        events.push((&c.id, &c.checkpoint, false, *at, i64::from(c.owner.is_some())));
+                if !fenced.contains(id.as_str()) {
+                    for c in &r.children {
+                        if !existing.contains_key(&c.id) {
+                            inserts.push((c, Some(id.as_str()), *at));
+                        }
                     }
                 }
-                events.push((id, &r.checkpoint, r.paused, *at, r.fence.as_ref().map_or(0, |f| f.epoch)));
             }
-            // Inserted first (at their first state, neither paused nor
-            // ended), then each record moves its process to its new status.
-            for (p, _, _) in inserts.iter().chain(&children) {
-                let new = drover_kind::envelope_state_name(&p.checkpoint);
-                *deltas.entry(new.clone()).or_insert(0) += 1;
-                status_now.insert(p.id.clone(), new);
-            }
-            for (_, id, r, _) in &records {
-                if let Some(old) = status_now.remove(id.as_str()) {
-                    *deltas.entry(old).or_insert(0) -= 1;
-                }
-                let new = status(drover_kind::envelope_state_name(&r.checkpoint), r.paused, r.terminal);
-                *deltas.entry(new.clone()).or_insert(0) += 1;
-                status_now.insert((*id).clone(), new);
-            }
-            inserts.extend(children);
             for part in inserts.chunks(CHUNK / 2) {
                 let sql = format!(
                     "INSERT INTO processes (id, kind, spec, parent, checkpoint, paused, terminal, created_at, updated_at, owner, epoch, host, place, state)
@@ -1666,34 +1754,14 @@ async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), St
                 }
                 query.execute(&mut *tx).await.map_err(db_err)?;
             }
-            // Records of processes inserted in this same group.
-            let fresh: Vec<_> = records.iter().filter(|(_, id, _, _)| !existing.contains_key(*id)).collect();
             if !fresh.is_empty() {
-                let sql = format!(
-                    "UPDATE processes SET checkpoint = v.column2, paused = v.column3, terminal = v.column4, updated_at = v.column5,
-                     pending_work = v.column6, state = v.column7 FROM (VALUES {}) AS v WHERE processes.id = v.column1",
-                    placeholders(fresh.len(), 7)
+                let query = bind_records!(
+                    sqlx::query(sqlx::AssertSqlSafe(record_sql(fresh.len()))),
+                    fresh.iter().map(|(_, id, r, at)| (id, r, at))
                 );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (_, id, r, at) in fresh {
-                    query = query.bind(*id).bind(&r.checkpoint).bind(r.paused).bind(r.terminal).bind(*at).bind(r.pending_work)
-                        .bind(drover_kind::envelope_state_name(&r.checkpoint));
-                }
-                query.execute(&mut *tx).await.map_err(db_err)?;
-            }
-            for part in events.chunks(CHUNK) {
-                let sql = format!(
-                    "INSERT INTO events (process_id, checkpoint, paused, at, epoch) VALUES {}",
-                    placeholders(part.len(), 5)
-                );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, checkpoint, paused, at, epoch) in part {
-                    query = query.bind(*id).bind(*checkpoint).bind(*paused).bind(*at).bind(*epoch);
-                }
-                query.execute(&mut *tx).await.map_err(db_err)?;
+                query.fetch_all(&mut *tx).await.map_err(db_err)?;
             }
         }
-        add_counts(&mut tx, &deltas).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(results)
     }.await);

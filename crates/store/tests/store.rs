@@ -322,10 +322,79 @@ async fn a_version_1_store_is_migrated_keeping_everything() {
     store.register_engine("e1", "host", 1, "daemon", 10_000).await.unwrap();
     let claimed = store.claim("e1", "daemon", 100, true).await.unwrap();
     assert_eq!(claimed.iter().map(|p| (p.id.as_str(), p.epoch)).collect::<Vec<_>>(), [("run", 1)]);
+    // Version 4's triggers move the counts and the event log with each write.
+    store.record("run", encode(&ShellState::Killed), false, true).await.unwrap();
+    assert_eq!(store.status_counts().await.unwrap(), [("killed".to_owned(), 2)]);
+    assert_eq!(store.events("run").await.unwrap().len(), 2);
     drop(store);
     // Opening it again changes nothing more.
     let store = Store::open(path.to_str().unwrap()).await.unwrap();
     assert_eq!(store.get("run").await.unwrap().unwrap().owner.as_deref(), Some("e1"));
+    assert_eq!(store.status_counts().await.unwrap(), [("killed".to_owned(), 2)]);
+}
+
+/// A store of schema version 3 (counts and events written by drover's own
+/// statements, no triggers) gets version 4's triggers, counts kept.
+async fn a_version_3_store_gets_the_triggers_that_keep_counts_and_events(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let location = match backend {
+        Backend::Sqlite => dir.path().join("store.db").to_str().unwrap().to_owned(),
+        Backend::Postgres => pg_url().await,
+    };
+    let store = Store::open(&location).await.unwrap();
+    store.insert(new_process("a")).await.unwrap();
+    store.insert(new_process("b")).await.unwrap();
+    drop(store);
+    // Back to version 3, as an older drover left it.
+    let v3: &[&str] = match backend {
+        Backend::Sqlite => &[
+            "DROP TRIGGER drover_inserted",
+            "DROP TRIGGER drover_recorded",
+            "DROP TRIGGER drover_moved",
+            "DROP TRIGGER drover_removed",
+        ],
+        Backend::Postgres => &[
+            "DROP TRIGGER drover_inserted ON processes",
+            "DROP TRIGGER drover_recorded ON processes",
+            "DROP TRIGGER drover_counted ON processes",
+            "DROP FUNCTION drover_event()",
+            "DROP FUNCTION drover_count()",
+        ],
+    };
+    let downgrade = v3.iter().copied().chain(["UPDATE drover_meta SET value = '3' WHERE key = 'schema_version'"]);
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{location}")).await.unwrap();
+            for statement in downgrade {
+                sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&location).await.unwrap();
+            for statement in downgrade {
+                sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+    }
+    let store = Store::open(&location).await.unwrap();
+    assert_eq!(store.status_counts().await.unwrap(), [("queued".to_owned(), 2)]);
+    store.record("a", encode(&ShellState::Killed), false, true).await.unwrap();
+    store.insert(new_process("c")).await.unwrap();
+    assert_eq!(store.status_counts().await.unwrap(), [("killed".to_owned(), 1), ("queued".to_owned(), 2)]);
+    assert_eq!(store.events("a").await.unwrap().len(), 2, "the insert's and the record's");
+    assert_eq!(store.events("c").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_a_version_3_store_gets_the_triggers_that_keep_counts_and_events() {
+    a_version_3_store_gets_the_triggers_that_keep_counts_and_events(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_a_version_3_store_gets_the_triggers_that_keep_counts_and_events() {
+    a_version_3_store_gets_the_triggers_that_keep_counts_and_events(Backend::Postgres).await;
 }
 
 #[tokio::test]

@@ -208,7 +208,8 @@ fn hello(sock: &OwnedFd) -> io::Result<u32> {
 /// The reader: answers each waiting request from the shepherd's messages,
 /// until the shepherd goes away.
 fn read(sock: &OwnedFd, waiters: &Mutex<HashMap<u64, Waiter>>) {
-    let mut buf = vec![0u8; 4096];
+    // A refusal names a path (up to `PATH_MAX`) in its message.
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let len = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             Ok(0) | Err(_) => return,
