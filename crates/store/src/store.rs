@@ -1500,8 +1500,15 @@ where
 /// transaction, then answers each. A request that fails on its own (a
 /// duplicate id, an unknown process) is answered with its error and the rest
 /// of the group is committed without it.
+///
+/// It keeps a connection of its own between groups: on SQLite that
+/// connection's page cache stays valid (no other connection writes), so a
+/// checkpoint reads no page back. After an error the connection goes back to
+/// its pool (which rolls back whatever a failed statement left open) and
+/// the next group takes another.
 async fn writer(db: Db, location: Arc<str>, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut group = Vec::new();
+    let mut held: Option<Held> = None;
     while let Some(first) = rx.recv().await {
         group.push(first);
         while group.len() < 4096 {
@@ -1510,11 +1517,44 @@ async fn writer(db: Db, location: Arc<str>, mut rx: mpsc::UnboundedReceiver<Requ
                 Err(_) => break,
             }
         }
-        let results = commit(&db, &location, &group).await;
+        if held.is_none() {
+            held = match &db {
+                Db::Sqlite(pool) => pool.acquire().await.map(Held::Sqlite),
+                Db::Postgres(pool) => pool.acquire().await.map(Held::Postgres),
+            }
+            .map_err(|e| {
+                let e = StoreError::Db { location: location.to_string(), message: e.to_string() };
+                for request in group.drain(..) {
+                    let _ = request.done.send(Err(e.clone()));
+                }
+            })
+            .ok();
+        }
+        let Some(conn) = held.as_mut() else { continue };
+        let results = commit(conn, &location, &group).await;
+        if results.iter().any(|r| matches!(r, Err(StoreError::Db { .. }))) {
+            held = None;
+        }
         for (request, result) in group.drain(..).zip(results) {
             let _ = request.done.send(result);
         }
     }
+}
+
+/// The writer's own connection.
+enum Held {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+/// Runs `$body` with `$conn` bound to the writer's connection: the same SQL for both.
+macro_rules! on_held {
+    ($held:expr, $conn:ident => $body:expr) => {
+        match $held {
+            Held::Sqlite($conn) => $body,
+            Held::Postgres($conn) => $body,
+        }
+    };
 }
 
 /// Rows per statement: well under SQLite's limit of bound parameters.
@@ -1579,7 +1619,7 @@ macro_rules! bind_records {
 /// A group of checkpoints alone, as one statement (atomic by itself, no
 /// transaction around it). A process it did not update exists and was
 /// fenced, or does not exist: one more read tells which, for those only.
-async fn commit_records(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
+async fn commit_records(conn: &mut Held, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
     let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
     let rows: Vec<(&String, &Record, i64)> = group
         .iter()
@@ -1588,10 +1628,10 @@ async fn commit_records(db: &Db, location: &str, group: &[Request]) -> Vec<Resul
             _ => None,
         })
         .collect();
-    let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_db!(db, pool => async {
+    let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_held!(conn, conn => async {
         let query = bind_records!(sqlx::query(sqlx::AssertSqlSafe(record_sql(rows.len()))), rows.iter().map(|(id, r, at)| (id, r, at)));
         let updated: std::collections::HashSet<String> =
-            query.fetch_all(pool).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
+            query.fetch_all(&mut **conn).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
         let missing: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).filter(|id| !updated.contains(*id)).collect();
         let mut known = std::collections::HashSet::new();
         if !missing.is_empty() {
@@ -1600,7 +1640,7 @@ async fn commit_records(db: &Db, location: &str, group: &[Request]) -> Vec<Resul
             for id in &missing {
                 query = query.bind(*id);
             }
-            known.extend(query.fetch_all(pool).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)));
+            known.extend(query.fetch_all(&mut **conn).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)));
         }
         Ok(rows
             .iter()
@@ -1625,15 +1665,15 @@ async fn commit_records(db: &Db, location: &str, group: &[Request]) -> Vec<Resul
 /// still hold), the children of the updated ones. A request that fails on
 /// its own (a duplicate id, an unknown process, a stale fence) gets its
 /// error and writes nothing; the others commit.
-async fn commit(db: &Db, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
+async fn commit(conn: &mut Held, location: &str, group: &[Request]) -> Vec<Result<(), StoreError>> {
     let only_records = group.len() <= CHUNK
         && group.iter().all(|r| matches!(&r.write, Write::Record { record, .. } if record.children.is_empty()));
     if only_records {
-        return commit_records(db, location, group).await;
+        return commit_records(conn, location, group).await;
     }
     let db_err = |e: sqlx::Error| StoreError::Db { location: location.to_owned(), message: e.to_string() };
-    let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_db!(db, pool => async {
-        let mut tx = pool.begin().await.map_err(db_err)?;
+    let attempt: Result<Vec<Result<(), StoreError>>, StoreError> = on_held!(conn, conn => async {
+        let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db_err)?;
         let mut results = Vec::with_capacity(group.len());
         for chunk in group.chunks(CHUNK) {
             // Which ids exist already (with their parents), of processes and children.
