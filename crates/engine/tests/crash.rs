@@ -180,9 +180,18 @@ fn a_fan_out_killed_in_the_middle_spawns_each_child_once() {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (mut kills, mut mid_way) = (0, 0);
+    let ran = || std::fs::read_to_string(work.join("marker")).map_or(0, |m| m.lines().count());
     while kills < 8 {
+        let before = ran();
         let mut child = engine();
-        std::thread::sleep(Duration::from_millis(rng.next_ms(40, 400)));
+        // Each kill lands a random moment after this engine's first child
+        // command ran: a fan-out takes some tens of milliseconds, which a
+        // moment counted from the engine's start would mostly miss.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ran() == before && child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(rng.next_ms(0, 20)));
         if child.try_wait().unwrap().is_some() {
             break;
         }

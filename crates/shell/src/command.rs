@@ -138,8 +138,9 @@ pub(crate) fn start_supervised(spec: &ShellSpec, run_dir: &Path) -> Result<Start
 pub(crate) struct Prepared {
     pub(crate) program: PathBuf,
     pub(crate) stdin: Option<OwnedFd>,
-    pub(crate) stdout: Option<OwnedFd>,
-    pub(crate) stderr: Option<OwnedFd>,
+    /// Standard output and error: files the shepherd opens, with
+    /// [`open_output_file`], so that the engine's thread creates none.
+    pub(crate) outputs: [Option<OutputFile>; 2],
     /// The bytes to write into standard input's pipe once the child runs.
     pub(crate) feed: Option<Feed>,
 }
@@ -180,9 +181,46 @@ pub(crate) fn prepare(spec: &ShellSpec) -> Result<Prepared, StartError> {
             }
             Input::File(path) => (Some(input_file(spec, path)?.into()), None),
         };
-    let stdout = open_output(spec, &spec.stdout, "standard output")?.map(OwnedFd::from);
-    let stderr = open_output(spec, &spec.stderr, "standard error")?.map(OwnedFd::from);
-    Ok(Prepared { program, stdin, stdout, stderr, feed })
+    let output = |output: &Output| match output {
+        Output::Null => None,
+        Output::File(path) => Some(OutputFile { path: in_cwd(spec, path), append: false }),
+        Output::Append(path) => Some(OutputFile { path: in_cwd(spec, path), append: true }),
+    };
+    Ok(Prepared { program, stdin, outputs: [output(&spec.stdout), output(&spec.stderr)], feed })
+}
+
+/// An output file a child writes, and how it is opened.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct OutputFile {
+    /// Where it is (relative to the engine's working directory).
+    pub(crate) path: PathBuf,
+    /// Appended to, or truncated.
+    pub(crate) append: bool,
+}
+
+/// Opens an output file as every child's is opened: private, and never
+/// through a symlink (one planted where an output goes would have drover
+/// write, or truncate, a file of its choosing).
+pub(crate) fn open_output_file(file: &OutputFile) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .append(file.append)
+        .truncate(!file.append)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&file.path)
+}
+
+/// What it means that `stream`'s file `path` (as the spec names it) could not
+/// be opened.
+pub(crate) fn output_error(stream: &'static str, path: &Path, source: io::Error) -> StartError {
+    let source = if source.raw_os_error() == Some(nix::libc::ELOOP) {
+        io::Error::other("it is a symbolic link, and drover writes outputs only to files it opens itself")
+    } else {
+        source
+    };
+    StartError::Stream { stream, path: path.to_owned(), source }
 }
 
 fn check_cwd(spec: &ShellSpec) -> Result<(), StartError> {
@@ -299,25 +337,9 @@ fn open_output(spec: &ShellSpec, output: &Output, stream: &'static str) -> Resul
         Output::File(path) => (path, false),
         Output::Append(path) => (path, true),
     };
-    // Private, and never through a symlink: one planted where an output
-    // goes would have drover write (or truncate) a file of its choosing.
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .append(append)
-        .truncate(!append)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(in_cwd(spec, path))
+    open_output_file(&OutputFile { path: in_cwd(spec, path), append })
         .map(Some)
-        .map_err(|source| {
-            let source = if source.raw_os_error() == Some(nix::libc::ELOOP) {
-                io::Error::other("it is a symbolic link, and drover writes outputs only to files it opens itself")
-            } else {
-                source
-            };
-            StartError::Stream { stream, path: path.clone(), source }
-        })
+        .map_err(|source| output_error(stream, path, source))
 }
 
 /// Finds the program the way `execvp` would, in the child's `PATH` and

@@ -385,6 +385,20 @@ impl ShellProcess {
                     );
                     interruptible(tokio::time::sleep(RESTART_AFTER)).await;
                 }
+                Err(NotSpawned::Refused(Refusal::Output { n, errno })) => {
+                    let (stream, output) = if n == 0 {
+                        ("standard output", &self.spec.stdout)
+                    } else {
+                        ("standard error", &self.spec.stderr)
+                    };
+                    let path = match output {
+                        crate::spec::Output::File(path) | crate::spec::Output::Append(path) => path.clone(),
+                        crate::spec::Output::Null => PathBuf::new(),
+                    };
+                    let e = command::output_error(stream, &path, std::io::Error::from_raw_os_error(errno));
+                    self.state = ShellState::Failed { reason: e.to_string() };
+                    return;
+                }
                 Err(NotSpawned::Refused(Refusal::Spawn { errno, .. })) => {
                     let e = command::spawn_error(&program, std::io::Error::from_raw_os_error(errno));
                     self.state = ShellState::Failed { reason: e.to_string() };

@@ -331,7 +331,20 @@ fn per_child_limits_apply_before_exec() {
 
 #[test]
 fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
+    bad_input_fails_only_the_process_concerned(false);
+}
+
+/// The same through the shepherd, which opens the outputs and makes the
+/// record: the messages are the same, and no record says a command that did
+/// not start started.
+#[test]
+fn bad_input_fails_a_durable_process_the_same_and_leaves_no_record() {
+    bad_input_fails_only_the_process_concerned(true);
+}
+
+fn bad_input_fails_only_the_process_concerned(durable: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records");
     let not_exec = dir.path().join("script.sh");
     std::fs::write(&not_exec, "#!/bin/sh\necho hi\n").unwrap();
     let missing_dir = dir.path().join("no/such/dir");
@@ -373,8 +386,17 @@ fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
                 format!("cannot open standard input file `{}`", missing_input.display()),
             ),
         ];
-        let good = launch(&local, ShellSpec::program("sh", ["-c", "sleep 0.2; exit 0"]), &g);
-        let bad: Vec<_> = cases.into_iter().map(|(spec, msg)| (launch(&local, spec, &g), msg)).collect();
+        let start = |n: usize, spec: ShellSpec| {
+            if !durable {
+                return launch(&local, spec, &g);
+            }
+            let process = ShellProcess::durable(spec, g.clone(), records.join(n.to_string()));
+            let h = spawn_owned(&local, process, DriveMode::FireAndForget);
+            h.try_nudge().unwrap();
+            h
+        };
+        let good = start(0, ShellSpec::program("sh", ["-c", "sleep 0.2; exit 0"]));
+        let bad: Vec<_> = cases.into_iter().enumerate().map(|(n, (spec, msg))| (start(n + 1, spec), msg)).collect();
         for (h, expected) in bad {
             let state = finish(h).await;
             match state {
@@ -384,6 +406,10 @@ fn bad_input_fails_only_the_process_concerned_and_names_the_problem() {
         }
         assert!(finish(good).await.succeeded());
         assert!(!Path::new(&unwritable).exists());
+        if durable {
+            let left: Vec<_> = std::fs::read_dir(&records).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, ["0"], "only the good process's record");
+        }
     });
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n", "written through the planted link");
 }
@@ -677,6 +703,11 @@ fn a_durable_job_makes_one_record_file() {
         let proc = ShellProcess::durable(spec, governor, run_dir.clone());
         let state = finish(spawn_owned(&local, proc, DriveMode::FireAndForget).tap_nudge()).await;
         assert!(run_dir.is_file(), "the record is one file");
+        // The shepherd tells the engine of the end first, then records it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while marker_lines(&run_dir) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let record = std::fs::read_to_string(&run_dir).unwrap();
         let lines: Vec<&str> = record.lines().collect();
         assert_eq!(lines.len(), 2, "{record:?}");

@@ -64,7 +64,15 @@ fn a_killed_shepherd_ends_its_commands_clearly_and_the_next_command_gets_a_new_o
     // The next durable command starts a new shepherd, which records it.
     let state = run(ShellSpec::script("exit 4"), dir.path().join("b"), false);
     assert!(matches!(state, ShellState::Finished { exit_code: 4, .. }), "{state:?}");
-    let record = std::fs::read_to_string(dir.path().join("b")).unwrap();
+    // The shepherd tells the engine first, then writes the record.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let record = std::fs::read_to_string(dir.path().join("b")).unwrap();
+        if record.lines().count() == 2 || Instant::now() > deadline {
+            break record;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(record.lines().nth(1), Some("4"), "{record:?}");
     assert_eq!(my_shepherds().len(), 1, "the dead shepherd was reaped and one serves");
 }

@@ -257,30 +257,41 @@ fn read(sock: &OwnedFd, waiters: &Mutex<HashMap<u64, Waiter>>) {
 pub(crate) async fn spawn(spec: &ShellSpec, prepared: Prepared, record: &Path) -> Result<Spawned, NotSpawned> {
     let Some(shepherd) = shepherd() else { return Err(NotSpawned::NoShepherd) };
     let id = shepherd.next.fetch_add(1, Ordering::Relaxed);
-    let Prepared { program, stdin, stdout, stderr, feed } = prepared;
+    let Prepared { program, stdin, mut outputs, feed } = prepared;
+    // The shepherd's working directory is the engine's when it started:
+    // every path goes whole, and a command without one gets the engine's now.
+    let here = std::env::current_dir().ok();
+    let whole = |path: &Path| match &here {
+        Some(here) if path.is_relative() => here.join(path),
+        _ => path.to_owned(),
+    };
+    for output in outputs.iter_mut().flatten() {
+        output.path = whole(&output.path);
+    }
     let start = Start {
         id,
-        record: record.to_owned(),
-        program,
+        record: whole(record),
+        program: whole(&program),
         args: spec.args.clone(),
         env: spec.env.clone(),
-        cwd: spec.cwd.clone(),
+        cwd: spec.cwd.as_deref().map(whole).or(here.clone()),
         limits: spec.limits,
         open_files: crate::limits::children_open_files(),
-        streams: [stdin.is_some(), stdout.is_some(), stderr.is_some()],
+        stdin: stdin.is_some(),
+        outputs,
     };
     let Ok(bytes) = serde_json::to_vec(&start) else { return Err(NotSpawned::NoShepherd) };
     if bytes.len() > MAX_MESSAGE {
         return Err(NotSpawned::NoShepherd);
     }
-    let fds: Vec<_> = [&stdin, &stdout, &stderr].into_iter().flatten().map(AsRawFd::as_raw_fd).collect();
+    let fds: Vec<_> = stdin.iter().map(AsRawFd::as_raw_fd).collect();
     let (tx, rx) = oneshot::channel();
     shepherd.waiters.lock().unwrap_or_else(PoisonError::into_inner).insert(id, Waiter::Start(tx));
     let rights = [ControlMessage::ScmRights(&fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     let sent = sendmsg::<()>(shepherd.sock.as_raw_fd(), &[IoSlice::new(&bytes)], cmsgs, MsgFlags::MSG_NOSIGNAL, None);
-    // The shepherd holds its own copies now.
-    drop((stdin, stdout, stderr));
+    // The shepherd holds its own copy now.
+    drop(stdin);
     if sent.is_err() {
         shepherd.waiters.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         return Err(NotSpawned::NoShepherd);

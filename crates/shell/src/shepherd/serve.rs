@@ -141,14 +141,17 @@ fn reap(children: &mut HashMap<i32, Child>, sock: &OwnedFd, connected: &mut bool
             Ok(_) => continue,
         };
         let Some(child) = children.remove(&pid.as_raw()) else { continue };
+        // The engine first: the next command waits for it. The record is for
+        // an engine that is not there (it went away, or goes away before it
+        // recorded the end), which reads it later.
+        if *connected {
+            *connected = send(sock, &ToEngine::Exited { id: child.id, code });
+        }
         // One write of the whole line: a reader takes only whole lines. A
         // record that cannot take it (a full disk) leaves the engine, if
         // there is one, as the only one to know.
         let record = File::options().append(true).custom_flags(nix::libc::O_NOFOLLOW).open(&child.record);
         let _ = record.and_then(|mut record| record.write_all(format!("{code}\n").as_bytes()));
-        if *connected {
-            *connected = send(sock, &ToEngine::Exited { id: child.id, code });
-        }
     }
 }
 
@@ -166,15 +169,29 @@ fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
             io::ErrorKind::AlreadyExists => Refusal::AlreadyStarted,
             _ => Refusal::Unrecorded { message: format!("cannot create `{}`: {e}", start.record.display()) },
         })?;
-    let mut streams = streams.into_iter();
-    let mut stream =
-        |attached: bool| if attached { streams.next().map_or_else(Stdio::null, Stdio::from) } else { Stdio::null() };
+    let stdin = match (start.stdin, streams.into_iter().next()) {
+        (true, Some(fd)) => Stdio::from(fd),
+        _ => Stdio::null(),
+    };
+    let mut outputs = Vec::with_capacity(2);
+    for (n, output) in start.outputs.iter().enumerate() {
+        match output.as_ref().map(crate::command::open_output_file).transpose() {
+            Ok(file) => outputs.push(file.map_or_else(Stdio::null, Stdio::from)),
+            Err(e) => {
+                // It did not run: nothing may say it started.
+                drop(record);
+                let _ = std::fs::remove_file(&start.record);
+                return Err(Refusal::Output { n, errno: e.raw_os_error().unwrap_or(0) });
+            }
+        }
+    }
+    let mut outputs = outputs.into_iter();
     #[allow(clippy::disallowed_methods)] // the shepherd starts the commands `command.rs` prepared
     let mut cmd = std::process::Command::new(&start.program);
     cmd.args(&start.args)
-        .stdin(stream(start.streams[0]))
-        .stdout(stream(start.streams[1]))
-        .stderr(stream(start.streams[2]))
+        .stdin(stdin)
+        .stdout(outputs.next().unwrap_or_else(Stdio::null))
+        .stderr(outputs.next().unwrap_or_else(Stdio::null))
         .process_group(0);
     if start.env.clear {
         cmd.env_clear();

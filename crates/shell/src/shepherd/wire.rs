@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::OutputFile;
 use crate::spec::{Env, Limits};
 
 /// The shepherd's first message, and how an engine knows the program it
@@ -43,9 +44,11 @@ pub(crate) struct Start {
     pub limits: Limits,
     /// The soft limit of open files the command gets, if not the shepherd's.
     pub open_files: Option<u64>,
-    /// Which of standard input, output and error come attached, in that
-    /// order; the others are `/dev/null`.
-    pub streams: [bool; 3],
+    /// Whether standard input comes attached; else it is `/dev/null`.
+    pub stdin: bool,
+    /// The files of standard output and error, opened by the shepherd
+    /// (`None`: `/dev/null`).
+    pub outputs: [Option<OutputFile>; 2],
 }
 
 /// What the shepherd tells the engine.
@@ -71,6 +74,9 @@ pub(crate) enum Refusal {
     /// Its record could not be made or written (a full disk): it did not run,
     /// and may be started again.
     Unrecorded { message: String },
+    /// Output file `n` (0: standard output, 1: standard error) could not be
+    /// opened: it did not run.
+    Output { n: usize, errno: i32 },
     /// `fork` or `exec` failed with `errno`.
     Spawn { errno: i32, message: String },
 }
