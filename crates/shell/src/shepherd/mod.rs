@@ -7,9 +7,9 @@
 //! it), and speaks to it over a socket pair ([`wire`]). For each durable
 //! command the shepherd creates the command's record exclusively (as the
 //! `/bin/sh` supervisor did: whoever creates it is the one that runs the
-//! command), forks, and the command writes its own pid into the record and
-//! executes; when it ends, the shepherd appends its exit code to the record
-//! and tells the engine. An engine that crashes leaves its shepherd behind,
+//! command) with room for the pid, starts the command (`posix_spawn`), and
+//! writes its pid over that room; when it ends, the shepherd tells the
+//! engine and appends its exit code to the record. An engine that crashes leaves its shepherd behind,
 //! recording its commands' ends until the last one has ended; the next
 //! engine re-attaches to them from their records as it always has.
 //!

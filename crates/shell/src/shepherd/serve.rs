@@ -104,8 +104,14 @@ fn serve(sock: &OwnedFd) -> i32 {
         if asked {
             match receive(sock, &mut buf) {
                 Ok(Some((len, streams))) => match serde_json::from_slice::<Start>(&buf[..len]) {
-                    Ok(start) => {
+                    Ok(mut start) => {
                         let id = start.id;
+                        if let Some(soft) = start.open_files.take() {
+                            // The shepherd holds a few descriptors at a time:
+                            // the children's limit is enough for it, and its
+                            // commands inherit it so.
+                            let _ = crate::limits::apply(crate::spec::Limits::default(), Some(soft));
+                        }
                         let record = start.record.clone();
                         let answer = match launch(start, streams) {
                             Ok(pid) => {
@@ -155,12 +161,16 @@ fn reap(children: &mut HashMap<i32, Child>, sock: &OwnedFd, connected: &mut bool
     }
 }
 
-/// Creates the record exclusively and starts the command in its own process
-/// group; the command writes its own pid into the record before it executes
-/// the program, so a pid in a record is always the command's.
+/// Creates the record exclusively, with room for the pid line (so that a full
+/// disk refuses the record before the command runs), starts the command in
+/// its own process group, and writes its pid over the room. A shepherd
+/// killed in the microseconds between the start and that write leaves a
+/// record without a pid: a later engine reports the command's end unknown
+/// and cannot signal it (the price of `posix_spawn`, which runs no code of
+/// ours in the child).
 fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
-    let record = File::options()
-        .append(true)
+    let mut record = File::options()
+        .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
@@ -169,6 +179,15 @@ fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
             io::ErrorKind::AlreadyExists => Refusal::AlreadyStarted,
             _ => Refusal::Unrecorded { message: format!("cannot create `{}`: {e}", start.record.display()) },
         })?;
+    // Room for the pid line, taken before the command starts: on a full disk
+    // this write fails while nothing has run; the pid goes over it in place.
+    if let Err(e) = record.write_all(PID_ROOM) {
+        drop(record);
+        let _ = std::fs::remove_file(&start.record);
+        return Err(Refusal::Unrecorded {
+            message: format!("cannot write the pid into `{}`: {e}", start.record.display()),
+        });
+    }
     let stdin = match (start.stdin, streams.into_iter().next()) {
         (true, Some(fd)) => Stdio::from(fd),
         _ => Stdio::null(),
@@ -203,25 +222,31 @@ fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
     if let Some(cwd) = &start.cwd {
         cmd.current_dir(cwd);
     }
-    let (limits, open_files, fd) = (start.limits, start.open_files, record.as_raw_fd());
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // `getpid`, `getrlimit`, `setrlimit` and `write`, which are
-    // async-signal-safe; it formats the pid on the stack and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::limits::apply(limits, open_files)?;
-            let mut line = [0u8; 16];
-            let len = pid_line(std::process::id(), &mut line);
-            match nix::libc::write(fd, line.as_ptr().cast(), len) {
-                n if n == len as isize => Ok(()),
-                n if n < 0 => Err(io::Error::last_os_error()),
-                _ => Err(io::Error::from_raw_os_error(nix::libc::ENOSPC)),
-            }
-        });
+    // The open-files limit is the shepherd's own (see `serve`); other limits
+    // are set in the child. Without them, `std` spawns with `posix_spawn`
+    // (no copy of the shepherd's page tables, no wait for a pipe).
+    let limits = start.limits;
+    if limits.any() {
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec and calls
+        // only `setrlimit`, which is async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || crate::limits::apply(limits, None));
+        }
     }
     match cmd.spawn() {
-        Ok(child) => Ok(i32::try_from(child.id()).unwrap_or(i32::MAX)),
+        Ok(child) => {
+            // Over the room taken for it: in place, so a full disk cannot
+            // refuse it. The command started before the record was written
+            // to, which is how a later engine tells it from a process that
+            // got its pid after it ended (`ident::identify_writer`).
+            let mut line = [b' '; PID_ROOM.len()];
+            let len = pid_line(child.id(), &mut line);
+            line[len - 1] = b' ';
+            line[PID_ROOM.len() - 1] = b'\n';
+            let _ = std::os::unix::fs::FileExt::write_all_at(&record, &line, 0);
+            Ok(i32::try_from(child.id()).unwrap_or(i32::MAX))
+        }
         Err(e) => {
             // It did not run: nothing may say it started.
             drop(record);
@@ -235,6 +260,10 @@ fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
         }
     }
 }
+
+/// The first line of a record as the shepherd makes it: room for a pid
+/// (spaces, which a reader takes for no pid yet), then the pid over it.
+const PID_ROOM: &[u8; 16] = b"               \n";
 
 /// `pid` in decimal and a newline, into `buf`; returns the length.
 fn pid_line(pid: u32, buf: &mut [u8; 16]) -> usize {
