@@ -268,16 +268,7 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
     };
     // A supervised child must outlive an engine that stops: it is re-attached.
     cmd.args(&spec.args).stdin(stdin).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(run_dir.is_none());
-    if spec.env.clear {
-        cmd.env_clear();
-    }
-    for key in &spec.env.remove {
-        cmd.env_remove(key);
-    }
-    cmd.envs(&spec.env.set);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
+    set_env(cmd.as_std_mut(), &spec.env, spec.cwd.as_deref());
     let limits = spec.limits;
     let open_files = crate::limits::children_open_files();
     if limits.any() || open_files.is_some() {
@@ -300,6 +291,21 @@ fn start_with(spec: &ShellSpec, capture: bool, run_dir: Option<&Path>) -> Result
         });
     }
     Ok(Started { child, pid })
+}
+
+/// Applies `env` (clear, remove, set, in that order) and the working
+/// directory `cwd` to a command about to start, here or in the shepherd.
+pub(crate) fn set_env(cmd: &mut std::process::Command, env: &crate::spec::Env, cwd: Option<&Path>) {
+    if env.clear {
+        cmd.env_clear();
+    }
+    for key in &env.remove {
+        cmd.env_remove(key);
+    }
+    cmd.envs(&env.set);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
 }
 
 /// What a failed `fork`/`exec` of `program` means.

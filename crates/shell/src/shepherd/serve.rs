@@ -212,16 +212,7 @@ fn launch(start: Start, streams: Vec<OwnedFd>) -> Result<i32, Refusal> {
         .stdout(outputs.next().unwrap_or_else(Stdio::null))
         .stderr(outputs.next().unwrap_or_else(Stdio::null))
         .process_group(0);
-    if start.env.clear {
-        cmd.env_clear();
-    }
-    for key in &start.env.remove {
-        cmd.env_remove(key);
-    }
-    cmd.envs(&start.env.set);
-    if let Some(cwd) = &start.cwd {
-        cmd.current_dir(cwd);
-    }
+    crate::command::set_env(&mut cmd, &start.env, start.cwd.as_deref());
     // The open-files limit is the shepherd's own (see `serve`); other limits
     // are set in the child. Without them, `std` spawns with `posix_spawn`
     // (no copy of the shepherd's page tables, no wait for a pipe).
