@@ -1315,7 +1315,7 @@ impl Store {
             // Their families, each member with its root and its depth.
             let mut members: Vec<(String, i64, StoredProcess)> = Vec::new();
             for part in found.chunks(CHUNK) {
-                let list = (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                let list = in_list(part.len());
                 let sql = format!(
                     "WITH RECURSIVE fam(root, id, depth) AS (
                         SELECT id, id, CAST(0 AS BIGINT) FROM processes WHERE id IN ({list})
@@ -1342,7 +1342,7 @@ impl Store {
                 // (another daemon's) may have taken some first.
                 let mut removed = std::collections::HashSet::new();
                 for part in processes.chunks(CHUNK) {
-                    let list = (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                    let list = in_list(part.len());
                     for table in ["events WHERE process_id", "processes WHERE id"] {
                         let returning = if table.starts_with("processes") { " RETURNING id" } else { "" };
                         let sql = format!("DELETE FROM {table} IN ({list}){returning}");
@@ -1560,6 +1560,11 @@ macro_rules! on_held {
 /// Rows per statement: well under SQLite's limit of bound parameters.
 const CHUNK: usize = 400;
 
+/// `$1, $2, ... $n`: the placeholders of an `IN (...)` list.
+fn in_list(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// `($1, $2, $3), ($4, $5, $6), ...`: `rows` tuples of `width` placeholders.
 fn placeholders(rows: usize, width: usize) -> String {
     let mut out = String::new();
@@ -1635,7 +1640,7 @@ async fn commit_records(conn: &mut Held, location: &str, group: &[Request]) -> V
         let missing: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).filter(|id| !updated.contains(*id)).collect();
         let mut known = std::collections::HashSet::new();
         if !missing.is_empty() {
-            let sql = format!("SELECT id FROM processes WHERE id IN ({})", (1..=missing.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+            let sql = format!("SELECT id FROM processes WHERE id IN ({})", in_list(missing.len()));
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in &missing {
                 query = query.bind(*id);
@@ -1690,7 +1695,7 @@ async fn commit(conn: &mut Held, location: &str, group: &[Request]) -> Vec<Resul
             }
             let mut existing: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
             for part in ids.chunks(CHUNK) {
-                let sql = format!("SELECT id, parent FROM processes WHERE id IN ({})", (1..=part.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", "));
+                let sql = format!("SELECT id, parent FROM processes WHERE id IN ({})", in_list(part.len()));
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for id in part {
                     query = query.bind(*id);
@@ -1799,7 +1804,15 @@ async fn commit(conn: &mut Held, location: &str, group: &[Request]) -> Vec<Resul
                     sqlx::query(sqlx::AssertSqlSafe(record_sql(fresh.len()))),
                     fresh.iter().map(|(_, id, r, at)| (id, r, at))
                 );
-                query.fetch_all(&mut *tx).await.map_err(db_err)?;
+                // Fenced like the others: a process inserted with an owner
+                // takes only its owner's records.
+                let updated: std::collections::HashSet<String> =
+                    query.fetch_all(&mut *tx).await.map_err(db_err)?.iter().map(|r| r.get::<String, _>(0)).collect();
+                for (n, id, _, _) in &fresh {
+                    if !updated.contains(*id) {
+                        results[first + n] = Err(StoreError::Fenced((*id).clone()));
+                    }
+                }
             }
         }
         tx.commit().await.map_err(db_err)?;
